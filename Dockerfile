@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY runtime ./runtime
+COPY tracing ./tracing
+COPY replay ./replay
+COPY meshadmin ./meshadmin
+COPY manage.py ./
+RUN pip install --no-cache-dir .
+EXPOSE 10105
+CMD ["python", "-m", "runtime"]

@@ -1,0 +1,43 @@
+# The two commands a newcomer needs (see README.md):
+#   make run   - create .venv, install Meshtap, start the runtime on embedded defaults
+#   make test  - install what the tests need (Debian packages too, when root) and run everything
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint typecheck importlint pytest services venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/python -m runtime $(ARGS)
+
+services:
+	bash scripts/install-test-services.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+importlint: venv
+	$(BIN)/lint-imports
+
+pytest: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: services venv lint typecheck importlint pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,69 @@
+"""`python -m runtime`: run one runtime instance until SIGTERM/SIGINT, then drain and exit 0."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from runtime._config import RuntimeConfig, config_from_args
+from runtime._server import Runtime
+
+
+def _next_steps(runtime: Runtime) -> str:
+    url = runtime.http_url
+    return f"""
+Meshtap runtime is up: {url}  (store: {runtime.store.url})
+
+Try it:
+  # 1. subscribe a webhook (any HTTP endpoint that answers 2xx)
+  curl -s -X POST {url}/v1/subscriptions -H 'content-type: application/json' \\
+       -d '{{"topic": "orders.#", "group": "billing", "sink": "http://127.0.0.1:9999/events"}}'
+  # 2. publish a CloudEvent (binary mode)
+  curl -s -X POST {url}/v1/topics/orders.created/events \\
+       -H 'ce-id: 1' -H 'ce-source: /shop' -H 'ce-type: order.created' -H 'ce-specversion: 1.0' \\
+       -H 'content-type: application/json' -d '{{"order": 42}}'
+  # 3. watch it flow
+  curl -s {url}/metrics | grep meshtap_events
+
+Health: {url}/healthz  Readiness: {url}/readyz  Stop: Ctrl-C (drains in-flight deliveries)
+"""
+
+
+async def serve(config: RuntimeConfig) -> None:
+    runtime = Runtime(config)
+    await runtime.start()
+    print(_next_steps(runtime), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("meshtap.runtime").info("draining (up to %.0f s) ...", config.drain_timeout_s)
+    await runtime.stop()
+    logging.getLogger("meshtap.runtime").info("stopped cleanly")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = config_from_args(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(serve(config))
+    except OSError as e:
+        print(f"error: cannot listen on {config.host}:{config.http_port}: {e}", file=sys.stderr)
+        print("hint: pick another port with --http-port or MESHTAP_HTTP_PORT", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Runtime configuration: one frozen object built from flags and `MESHTAP_*` environment variables.
+
+Every option has a flag and an environment variable (flag wins). The table in README.md is
+generated from `OPTIONS`, so documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    host: str = "127.0.0.1"
+    http_port: int = 10105
+    store: str = "memory://"
+    max_payload_bytes: int = 1_048_576
+    drain_timeout_s: float = 30.0
+    claim_idle_ms: int = 30_000
+    max_in_flight: int = 256
+    webhook_topics: Mapping[str, str] = field(default_factory=dict)
+    """`/webhook/{name}` publishes to `webhook_topics[name]`, default `webhook.{name}`."""
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flag: str
+    field: str
+    help: str
+    type: Any = str
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "MESHTAP_" + self.field.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--host", "host", "interface the HTTP API listens on"),
+    Option("--http-port", "http_port", "HTTP API port (EventMesh's default)", int),
+    Option(
+        "--store",
+        "store",
+        "where events, subscriptions and topics live: memory:// or redis://host:port/db",
+    ),
+    Option(
+        "--max-payload-bytes",
+        "max_payload_bytes",
+        "largest request body accepted (larger ones get 413)",
+        int,
+    ),
+    Option(
+        "--drain-timeout",
+        "drain_timeout_s",
+        "on SIGTERM, seconds to wait for in-flight deliveries",
+        float,
+        "SECONDS",
+    ),
+    Option(
+        "--claim-idle-ms",
+        "claim_idle_ms",
+        "an event pending this long without its holder renewing it is taken over by another "
+        "instance (crash recovery)",
+        int,
+    ),
+    Option("--max-in-flight", "max_in_flight", "concurrent pushes per consumer group", int),
+    Option(
+        "--webhook-topic",
+        "webhook_topics",
+        "route the HTTP source /webhook/NAME to TOPIC (repeatable; default topic webhook.NAME)",
+        str,
+        "NAME=TOPIC",
+    ),
+    Option("--instance", "instance", "name of this runtime instance (consumer name in the store)"),
+    Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def _parse_routes(values: Sequence[str]) -> dict[str, str]:
+    routes = {}
+    for value in values:
+        for item in value.split(","):
+            name, sep, topic = item.partition("=")
+            if not sep or not name.strip() or not topic.strip():
+                raise argparse.ArgumentTypeError(
+                    f"--webhook-topic expects NAME=TOPIC (e.g. github=scm.github), got {item!r}"
+                )
+            routes[name.strip()] = topic.strip()
+    return routes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = RuntimeConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description="Run a Meshtap runtime: CloudEvents pub/sub over HTTP.",
+        epilog="Every flag can also be set with the MESHTAP_* environment variable shown.",
+    )
+    for option in OPTIONS:
+        default = getattr(defaults, option.field)
+        shown = default if option.field != "webhook_topics" else "webhook.NAME"
+        if option.field == "instance":
+            shown = "HOSTNAME-PID"
+        kwargs: dict[str, Any] = {
+            "dest": option.field,
+            "metavar": option.metavar,
+            "help": f"{option.help} [env {option.env}, default {shown}]",
+        }
+        if option.field == "webhook_topics":
+            kwargs["action"] = "append"
+        else:
+            kwargs["type"] = option.type
+        parser.add_argument(option.flag, **kwargs)
+    return parser
+
+
+def config_from_args(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> RuntimeConfig:
+    """Flags first, then `MESHTAP_*` variables, then defaults."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.field)
+        if value is None and option.env in environ:
+            raw = environ[option.env]
+            try:
+                value = [raw] if option.field == "webhook_topics" else option.type(raw)
+            except ValueError:
+                parser.error(f"{option.env}={raw!r} is not a valid {option.type.__name__}")
+        if value is None:
+            continue
+        if option.field == "webhook_topics":
+            try:
+                value = _parse_routes(value)
+            except argparse.ArgumentTypeError as e:
+                parser.error(str(e))
+        values[option.field] = value
+    return RuntimeConfig(**values)

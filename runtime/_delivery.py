@@ -1,0 +1,508 @@
+"""Delivery: from the store to subscribers' sinks, at least once, in order per partition key.
+
+One `Dispatcher` per runtime instance keeps one `GroupWorker` per *group key* (a clustering group,
+or one broadcast subscriber). A worker reads events for its group from the store, pushes each to a
+subscription of the group whose topic pattern and filters match, retries with exponential backoff
+and full jitter, dead-letters to `_dlq.{group}` after the last attempt, and acknowledges.
+
+Why it is built this way:
+
+* Many runtime instances share one store. The store's consumer groups spread events over them;
+  nothing is assigned by this process, so instances are stateless and can come and go.
+* Partition-key order holds across instances without partition ownership: every keyed event knows
+  its predecessor (`StoredEvent.previous`), and a worker pushes it only once the predecessor is
+  settled for this group - locally known (fast path) or confirmed by the store.
+* An event is acknowledged only after it is delivered or safely dead-lettered. Anything else
+  (a crash, a drain that gives up on a long backoff) leaves it pending, and `reclaim` hands it to
+  another consumer after `claim_idle_ms`. Workers `touch` what they hold so that slow deliveries
+  are not stolen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from runtime._errors import StoreUnavailable
+from runtime._events import CloudEvent
+from runtime._metrics import RuntimeMetrics
+from runtime._push import Outcome, Pusher
+from runtime._subscriptions import Subscription
+from runtime._topics import dlq_topic, is_internal
+from runtime.stores import EventRef, Store, StoredEvent
+from runtime.stores._base import offset_key
+
+log = logging.getLogger("meshtap.runtime.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    claim_idle_ms: int = 30_000
+    """Pending this long without a touch means the holder died; another consumer takes over."""
+    max_in_flight: int = 256
+    """Concurrent pushes per group key on this instance."""
+    max_handouts: int = 20
+    """An event handed out this often without settling is poison: it is dead-lettered."""
+    refresh_interval_s: float = 1.0
+    """How often subscriptions and topics are re-read from the store."""
+    read_block_ms: int = 500
+    backlog_interval_s: float = 5.0
+
+
+class _Abandoned(Exception):
+    """The event is left pending in the store (draining); reclaim will deliver it later."""
+
+
+def pattern_covers(subscription: Subscription, topic: str) -> bool:
+    """Internal topics (`_dlq.*`) are only matched by patterns that name them explicitly.
+
+    Without this, a `#` subscriber whose sink fails would receive its own dead letters forever.
+    """
+    if is_internal(topic) and not subscription.topic.startswith("_"):
+        return False
+    return subscription.pattern.matches(topic)
+
+
+class _AckBatcher:
+    """Acknowledges settled events in batches: one store round trip for many events."""
+
+    def __init__(self, store: Store, group_key: str) -> None:
+        self._store = store
+        self._group_key = group_key
+        self._pending: list[EventRef] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ack:{self._group_key}")
+
+    def add(self, ref: EventRef) -> None:
+        self._pending.append(ref)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(0)  # let a burst of settles join this batch
+            await self._flush_once()
+
+    async def _flush_once(self) -> bool:
+        self._wake.clear()
+        batch, self._pending = self._pending, []
+        if not batch:
+            return True
+        try:
+            await self._store.ack(self._group_key, batch)
+            return True
+        except StoreUnavailable as e:
+            log.warning("ack of %d events for %s deferred: %s", len(batch), self._group_key, e)
+            self._pending = batch + self._pending
+            await asyncio.sleep(0.5)
+            self._wake.set()
+            return False
+
+    async def close(self, timeout_s: float) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        deadline = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < deadline:
+            if not await self._flush_once():
+                continue
+        if self._pending:
+            log.warning(
+                "%d settled events of %s could not be acknowledged before shutdown; they will be "
+                "delivered again (at-least-once)",
+                len(self._pending),
+                self._group_key,
+            )
+
+
+class GroupWorker:
+    """Delivers the events of one group key on this instance."""
+
+    def __init__(self, dispatcher: Dispatcher, group_key: str) -> None:
+        self.group_key = group_key
+        self._d = dispatcher
+        self._store = dispatcher.store
+        self.subscriptions: list[Subscription] = []
+        self.topics: list[str] = []
+        self._tracked: dict[EventRef, asyncio.Future[bool]] = {}
+        self._settled: OrderedDict[EventRef, None] = OrderedDict()
+        self._slots = asyncio.Semaphore(dispatcher.settings.max_in_flight)
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._stopping = False
+        self._round_robin = 0
+        self._acks = _AckBatcher(self._store, group_key)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+
+    @property
+    def group(self) -> str:
+        return self.subscriptions[0].group if self.subscriptions else self.group_key
+
+    def update(self, subscriptions: list[Subscription], topics: list[str]) -> None:
+        self.subscriptions = sorted(subscriptions, key=lambda s: s.id)
+        self.topics = topics
+        self._changed.set()
+
+    def start(self) -> None:
+        self._acks.start()
+        self._loop_task = asyncio.create_task(self._read_loop(), name=f"read:{self.group_key}")
+        self._keepalive_task = asyncio.create_task(self._keepalive(), name=f"touch:{self.group_key}")
+
+    # -- reading --------------------------------------------------------------------------
+    def _capacity(self) -> int:
+        cap = self._d.settings.max_in_flight * 4  # waiting (ordered) events hold no slot
+        return min(self._d.settings.max_in_flight, cap - len(self._tracked))
+
+    async def _read_loop(self) -> None:
+        settings = self._d.settings
+        next_reclaim = 0.0
+        backoff = 0.1
+        while not self._stopping:
+            if not self.topics or not self.subscriptions:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            room = self._capacity()
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                batch: list[StoredEvent] = []
+                if time.monotonic() >= next_reclaim:
+                    next_reclaim = time.monotonic() + settings.claim_idle_ms / 2000
+                    batch = await self._store.reclaim(
+                        self.group_key, self._d.consumer, self.topics, settings.claim_idle_ms, room
+                    )
+                    batch = [s for s in batch if s.ref not in self._tracked]
+                if len(batch) < room:
+                    batch += await self._store.read(
+                        self.group_key,
+                        self._d.consumer,
+                        self.topics,
+                        room - len(batch),
+                        0 if batch else settings.read_block_ms,
+                    )
+                backoff = 0.1
+            except StoreUnavailable as e:
+                log.warning("reading for %s paused: %s", self.group_key, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if self._stopping:
+                break  # read but not handled: stays pending, reclaimed later
+            # Register the whole batch first, so an event whose predecessor is later in the
+            # same batch waits for it locally instead of asking the store.
+            batch.sort(key=lambda s: offset_key(s.ref.offset))
+            for stored in batch:
+                self._tracked[stored.ref] = asyncio.get_running_loop().create_future()
+            for stored in batch:
+                task = asyncio.create_task(self._handle(stored))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _keepalive(self) -> None:
+        interval = self._d.settings.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            if self._tracked:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._store.touch(self.group_key, self._d.consumer, list(self._tracked))
+
+    # -- handling one event -----------------------------------------------------------------
+    async def _handle(self, stored: StoredEvent) -> None:
+        settled = False
+        try:
+            if stored.previous is not None:
+                await self._await_predecessor(stored.previous)
+            async with self._slots:
+                self._d.metrics.in_flight.inc()
+                try:
+                    await self._deliver(stored)
+                finally:
+                    self._d.metrics.in_flight.dec()
+            settled = True
+        except _Abandoned:
+            pass
+        except Exception:
+            log.exception("delivery of %s to %s failed unexpectedly", stored.ref, self.group_key)
+        finally:
+            future = self._tracked.pop(stored.ref)
+            future.set_result(settled)
+            self._room.set()
+
+    async def _await_predecessor(self, previous: EventRef) -> None:
+        delay = 0.002
+        while True:
+            future = self._tracked.get(previous)
+            if future is not None:
+                if not await asyncio.shield(future):
+                    raise _Abandoned
+                return
+            if previous in self._settled:
+                return
+            if self._d.draining:
+                raise _Abandoned
+            try:
+                if await self._store.is_settled(self.group_key, previous):
+                    return
+            except StoreUnavailable:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def _choose(self, topic: str, event: CloudEvent) -> Subscription | None:
+        candidates = [
+            s for s in self.subscriptions if pattern_covers(s, topic) and s.filters.matches(event)
+        ]
+        if not candidates:
+            return None
+        if len(candidates) == 1:
+            return candidates[0]
+        key = event.partition_key
+        if key is not None:  # same key, same subscriber: keeps their state local
+            return candidates[zlib.crc32(key.encode()) % len(candidates)]
+        self._round_robin += 1
+        return candidates[self._round_robin % len(candidates)]
+
+    async def _deliver(self, stored: StoredEvent) -> None:
+        topic, event = stored.ref.topic, stored.event
+        subscription = self._choose(topic, event)
+        metrics = self._d.metrics
+        if subscription is None:
+            metrics.filtered.labels(topic, self.group).inc()
+            self._settle(stored.ref)
+            return
+        if stored.deliveries > self._d.settings.max_handouts:
+            await self._dead_letter(
+                stored,
+                subscription,
+                f"handed out {stored.deliveries} times without being settled (the runtime "
+                "handling it may be crashing on it)",
+                0,
+            )
+            return
+        retry = subscription.retry
+        reason = ""
+        attempt = 0
+        for attempt in range(1, retry.max_attempts + 1):
+            result = await self._d.pusher.push(subscription, event, attempt)
+            metrics.attempt_duration.labels(subscription.group).observe(result.duration_s)
+            if result.outcome is Outcome.ACKED:
+                metrics.delivered.labels(topic, subscription.group).inc()
+                published_ms = offset_key(stored.ref.offset)[0]
+                metrics.delivery_latency.labels(subscription.group).observe(
+                    max(0.0, time.time() - published_ms / 1000)
+                )
+                self._settle(stored.ref)
+                return
+            metrics.delivery_failures.labels(topic, subscription.group).inc()
+            reason = result.error
+            if result.outcome is Outcome.REJECTED:
+                break
+            if attempt < retry.max_attempts:
+                await self._backoff(retry.backoff_ms(attempt))
+        await self._dead_letter(stored, subscription, reason, attempt)
+
+    async def _backoff(self, ceiling_ms: int) -> None:
+        delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000  # noqa: S311 (jitter)
+        try:
+            await asyncio.wait_for(self._d.drain_started.wait(), delay)
+        except TimeoutError:
+            return
+        raise _Abandoned
+
+    async def _dead_letter(
+        self, stored: StoredEvent, subscription: Subscription, reason: str, attempts: int
+    ) -> None:
+        letter = stored.event.with_attributes(
+            deadletterreason=reason[:1000] or "unknown",
+            deadlettergroup=subscription.group,
+            deadlettertopic=stored.ref.topic,
+            deadletterattempts=attempts,
+        )
+        target = dlq_topic(subscription.group)
+        delay = 0.1
+        while True:
+            try:
+                await self._store.append(target, [letter])
+                break
+            except StoreUnavailable as e:
+                if self._d.draining:
+                    raise _Abandoned from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.info(
+            "event %s on %s dead-lettered to %s after %d attempt(s): %s",
+            stored.event.id,
+            stored.ref.topic,
+            target,
+            attempts,
+            reason,
+        )
+        self._d.metrics.dead_lettered.labels(stored.ref.topic, subscription.group).inc()
+        self._settle(stored.ref)
+
+    def _settle(self, ref: EventRef) -> None:
+        self._settled[ref] = None
+        if len(self._settled) > 10_000:
+            self._settled.popitem(last=False)
+        self._acks.add(ref)
+
+    # -- stopping ---------------------------------------------------------------------------
+    def stop_reading(self) -> None:
+        self._stopping = True
+        self._changed.set()
+        self._room.set()
+
+    async def finish(self, timeout_s: float) -> None:
+        """Wait for in-flight deliveries, then acknowledge what settled."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            _, still_running = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                await asyncio.wait(still_running)
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive_task
+        await self._acks.close(timeout_s=5.0)
+
+    async def backlog(self) -> int:
+        return (await self._store.backlog(self.group_key, self.topics)).total
+
+
+class Dispatcher:
+    """Keeps the set of group workers in line with the subscriptions and topics in the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        pusher: Pusher,
+        metrics: RuntimeMetrics,
+        *,
+        consumer: str,
+        settings: DeliverySettings | None = None,
+    ) -> None:
+        self.store = store
+        self.pusher = pusher
+        self.metrics = metrics
+        self.consumer = consumer
+        self.settings = settings or DeliverySettings()
+        self.workers: dict[str, GroupWorker] = {}
+        self.drain_started = asyncio.Event()
+        self.healthy = False
+        self.last_error = "not started"
+        self._nudge = asyncio.Event()
+        self._version: int | None = None
+        self._topics: list[str] = []
+        self._known_topics: frozenset[str] = frozenset()
+        self._joined: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_started.is_set()
+
+    async def start(self) -> None:
+        await self._refresh_safely()
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop(), name="dispatcher-refresh"),
+            asyncio.create_task(self._backlog_loop(), name="dispatcher-backlog"),
+        ]
+
+    def knows_topic(self, topic: str) -> bool:
+        return topic in self._known_topics
+
+    def nudge(self) -> None:
+        """Re-read subscriptions and topics now (called after local API changes)."""
+        self._nudge.set()
+
+    async def _refresh_loop(self) -> None:
+        while not self.draining:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.settings.refresh_interval_s)
+            self._nudge.clear()
+            if not self.draining:
+                await self._refresh_safely()
+
+    async def _refresh_safely(self) -> None:
+        try:
+            await self.refresh()
+            self.healthy, self.last_error = True, ""
+        except StoreUnavailable as e:
+            self.healthy, self.last_error = False, str(e)
+            log.warning("cannot refresh subscriptions: %s", e)
+
+    async def refresh(self) -> None:
+        version = await self.store.subscriptions_version()
+        topics = await self.store.topics()
+        if version == self._version and topics == self._topics:
+            return
+        documents = await self.store.subscriptions()
+        by_key: dict[str, list[Subscription]] = {}
+        for document in documents.values():
+            subscription = Subscription.from_document(document)
+            by_key.setdefault(subscription.group_key, []).append(subscription)
+        for group_key, subscriptions in by_key.items():
+            matched = [t for t in topics if any(pattern_covers(s, t) for s in subscriptions)]
+            start_ms = min(s.created_ms for s in subscriptions)
+            for topic in matched:
+                if (group_key, topic) not in self._joined:
+                    await self.store.join(group_key, topic, start_ms)
+                    self._joined.add((group_key, topic))
+            worker = self.workers.get(group_key)
+            if worker is None:
+                worker = self.workers[group_key] = GroupWorker(self, group_key)
+                worker.update(subscriptions, matched)
+                worker.start()
+            else:
+                worker.update(subscriptions, matched)
+        for group_key in set(self.workers) - set(by_key):
+            worker = self.workers.pop(group_key)
+            worker.stop_reading()
+            asyncio.create_task(worker.finish(timeout_s=30.0))  # noqa: RUF006
+            self._joined = {j for j in self._joined if j[0] != group_key}
+        self._version, self._topics = version, topics
+        self._known_topics = frozenset(topics)
+
+    async def _backlog_loop(self) -> None:
+        while not self.draining:
+            await asyncio.sleep(self.settings.backlog_interval_s)
+            totals: dict[str, int] = {}
+            for worker in list(self.workers.values()):
+                with contextlib.suppress(StoreUnavailable):
+                    totals[worker.group] = totals.get(worker.group, 0) + await worker.backlog()
+            for group, total in totals.items():
+                self.metrics.backlog.labels(group).set(total)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking new events, let in-flight pushes finish, acknowledge what settled."""
+        self.drain_started.set()
+        for task in self._tasks:
+            task.cancel()
+        workers: Iterable[GroupWorker] = list(self.workers.values())
+        for worker in workers:
+            worker.stop_reading()
+        await asyncio.gather(*(w.finish(timeout_s) for w in workers))
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

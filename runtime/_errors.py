@@ -1,0 +1,67 @@
+"""Errors raised by the runtime.
+
+Every error a client can cause says what was wrong (with the offending value) and what to do.
+The HTTP layer maps each class to one status code, so handlers never pick codes by hand::
+
+    MeshtapError
+    ├── InvalidRequest                400  the client sent something we cannot accept
+    │   ├── InvalidCloudEvent         400  malformed or incomplete CloudEvent
+    │   ├── InvalidTopic              400  topic name or pattern breaks the naming rules
+    │   ├── InvalidFilter             400  subscription filter expression is wrong
+    │   └── InvalidSubscription       400  bad sink URL, mode, retry policy ...
+    ├── PayloadTooLarge               413  body over the configured limit
+    ├── NotFound                      404
+    │   └── SubscriptionNotFound      404
+    └── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
+"""
+
+from __future__ import annotations
+
+
+class MeshtapError(Exception):
+    """Base class of every error the runtime raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+
+
+class InvalidRequest(MeshtapError):
+    status = 400
+    code = "invalid_request"
+
+
+class InvalidCloudEvent(InvalidRequest):
+    code = "invalid_cloudevent"
+
+
+class InvalidTopic(InvalidRequest):
+    code = "invalid_topic"
+
+
+class InvalidFilter(InvalidRequest):
+    code = "invalid_filter"
+
+
+class InvalidSubscription(InvalidRequest):
+    code = "invalid_subscription"
+
+
+class PayloadTooLarge(MeshtapError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(MeshtapError):
+    status = 404
+    code = "not_found"
+
+
+class SubscriptionNotFound(NotFound):
+    code = "subscription_not_found"
+
+
+class StoreUnavailable(MeshtapError):
+    """The store cannot be reached. Nothing was acknowledged; the client should retry."""
+
+    status = 503
+    code = "store_unavailable"

@@ -1,0 +1,89 @@
+"""The mesh's operations, independent of the protocol that asked for them.
+
+The native HTTP API, the EventMesh-compatible endpoints, the HTTP source and (later) gRPC all call
+these, so validation, stamping and metrics happen in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from runtime._delivery import Dispatcher, pattern_covers
+from runtime._errors import InvalidTopic, SubscriptionNotFound
+from runtime._events import CloudEvent, stamp
+from runtime._metrics import RuntimeMetrics
+from runtime._subscriptions import Subscription
+from runtime._topics import is_internal, validate_topic
+from runtime.stores import Store
+
+
+class Mesh:
+    def __init__(self, store: Store, dispatcher: Dispatcher, metrics: RuntimeMetrics) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+
+    async def publish(self, topic: str, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        """Store `events` on `topic`; once this returns they are accepted (durable per store)."""
+        validate_topic(topic)
+        if is_internal(topic):
+            raise InvalidTopic(
+                f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
+                "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
+            )
+        stamped = [stamp(event) for event in events]
+        await self.store.append(topic, stamped)
+        self.metrics.published.labels(topic).inc(len(stamped))
+        if not self.dispatcher.knows_topic(topic):
+            self.dispatcher.nudge()  # a new topic: let subscribers with matching patterns join now
+        return stamped
+
+    async def subscribe(self, subscription: Subscription) -> Subscription:
+        await self.store.put_subscription(subscription.id, subscription.to_document())
+        self.dispatcher.nudge()
+        return subscription
+
+    async def subscriptions(self) -> list[Subscription]:
+        documents = await self.store.subscriptions()
+        found = [Subscription.from_document(d) for d in documents.values()]
+        return sorted(found, key=lambda s: (s.created_ms, s.id))
+
+    async def get_subscription(self, subscription_id: str) -> Subscription:
+        documents = await self.store.subscriptions()
+        if subscription_id not in documents:
+            raise SubscriptionNotFound(
+                f"no subscription with id {subscription_id!r}; GET /v1/subscriptions lists them"
+            )
+        return Subscription.from_document(documents[subscription_id])
+
+    async def unsubscribe(self, subscription_id: str) -> Subscription:
+        document = await self.store.delete_subscription(subscription_id)
+        if document is None:
+            raise SubscriptionNotFound(
+                f"no subscription with id {subscription_id!r}; GET /v1/subscriptions lists them"
+            )
+        removed = Subscription.from_document(document)
+        remaining = await self.subscriptions()
+        if not any(s.group_key == removed.group_key for s in remaining):
+            # Nobody consumes for this group key any more: drop its consumer groups so its
+            # backlog stops growing. A later subscription starts from its own creation time.
+            for topic in await self.store.topics():
+                if pattern_covers(removed, topic):
+                    await self.store.leave(removed.group_key, topic)
+        self.dispatcher.nudge()
+        return removed
+
+    async def create_topic(self, topic: str) -> bool:
+        validate_topic(topic)
+        created = await self.store.create_topic(topic)
+        self.dispatcher.nudge()
+        return created
+
+    async def delete_topic(self, topic: str) -> bool:
+        validate_topic(topic)
+        deleted = await self.store.delete_topic(topic)
+        self.dispatcher.nudge()
+        return deleted
+
+    async def topics(self) -> list[str]:
+        return await self.store.topics()

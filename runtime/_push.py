@@ -1,0 +1,115 @@
+"""Pushing one event to one subscriber's sink, and judging the answer.
+
+A push contract turns an event into an HTTP request and the sink's response into an outcome:
+
+* ACKED   - the subscriber has the event; settle it.
+* RETRY   - try again after a backoff (429, 5xx, timeouts, connection errors).
+* REJECTED - retrying cannot help (other 4xx, or the subscriber said so); dead-letter at once.
+
+The CloudEvents contract (HTTP binary content mode) is the native one; the EventMesh webhook
+contract lives in `runtime._eventmesh` and plugs in through the same protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from runtime._events import CloudEvent, to_binary_http
+from runtime._subscriptions import Subscription
+
+
+class Outcome(enum.Enum):
+    ACKED = "acked"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    outcome: Outcome
+    duration_s: float
+    status: int | None = None
+    error: str = ""
+    """Why the push did not succeed, in words fit for a dead-letter reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    headers: dict[str, str]
+    body: bytes
+
+
+class PushContract(Protocol):
+    def request(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushRequest: ...
+
+    def judge(self, status: int, body: bytes) -> tuple[Outcome, str]: ...
+
+
+class CloudEventsContract:
+    """CloudEvents HTTP binary mode: `ce-*` headers, body = data; any 2xx acknowledges."""
+
+    def request(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushRequest:
+        headers, body = to_binary_http(event)
+        return PushRequest(headers, body)
+
+    def judge(self, status: int, body: bytes) -> tuple[Outcome, str]:
+        if 200 <= status < 300:
+            return Outcome.ACKED, ""
+        snippet = body[:200].decode(errors="replace").strip()
+        reason = f"sink answered HTTP {status}" + (f": {snippet}" if snippet else "")
+        if status == 429 or status >= 500:
+            return Outcome.RETRY, reason
+        return Outcome.REJECTED, reason
+
+
+class Pusher:
+    """Owns the HTTP client used for every push of one runtime instance."""
+
+    def __init__(self, contracts: dict[str, PushContract], *, max_connections: int = 512) -> None:
+        self._contracts = contracts
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, ttl_dns_cache=30)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def push(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushResult:
+        assert self._session is not None, "Pusher.start() was not called"
+        contract = self._contracts[subscription.protocol]
+        request = contract.request(subscription, event, attempt)
+        started = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
+        try:
+            async with self._session.post(
+                subscription.sink,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                outcome, error = contract.judge(response.status, body)
+                return PushResult(outcome, time.perf_counter() - started, response.status, error)
+        except TimeoutError:
+            error = f"sink did not answer within {subscription.timeout_ms} ms"
+        except aiohttp.ClientConnectorError as e:
+            error = f"cannot connect to sink {subscription.sink}: {e.os_error or e}"
+        except (aiohttp.ClientError, OSError) as e:
+            error = f"push to sink {subscription.sink} failed: {type(e).__name__}: {e}"
+        except asyncio.CancelledError:
+            raise
+        return PushResult(Outcome.RETRY, time.perf_counter() - started, None, error)

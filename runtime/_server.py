@@ -1,0 +1,83 @@
+"""A runtime instance: store + dispatcher + HTTP listener, with an orderly start and drain."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from runtime._config import RuntimeConfig
+from runtime._delivery import DeliverySettings, Dispatcher
+from runtime._errors import StoreUnavailable
+from runtime._http_api import build_app
+from runtime._mesh import Mesh
+from runtime._metrics import RuntimeMetrics
+from runtime._push import CloudEventsContract, PushContract, Pusher
+from runtime.stores import Store, open_store
+
+log = logging.getLogger("meshtap.runtime")
+
+
+def push_contracts() -> dict[str, PushContract]:
+    from runtime._eventmesh import EventMeshContract
+
+    return {"cloudevents": CloudEventsContract(), "eventmesh": EventMeshContract()}
+
+
+class Runtime:
+    """One runtime instance. Many instances on one Redis form one mesh."""
+
+    def __init__(self, config: RuntimeConfig, *, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or open_store(config.store)
+        self.metrics = RuntimeMetrics()
+        self.pusher = Pusher(push_contracts())
+        # A unique consumer name per process start: a restarted instance must not inherit the
+        # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
+        consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
+        self.dispatcher = Dispatcher(
+            self.store,
+            self.pusher,
+            self.metrics,
+            consumer=consumer,
+            settings=DeliverySettings(
+                claim_idle_ms=config.claim_idle_ms, max_in_flight=config.max_in_flight
+            ),
+        )
+        self.mesh = Mesh(self.store, self.dispatcher, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.host}:{self.http_port}"
+
+    async def start(self) -> None:
+        try:
+            await self.store.connect()
+        except StoreUnavailable as e:
+            log.warning("starting without the store for now (readyz says 503 until it is back): %s", e)
+        await self.pusher.start()
+        await self.dispatcher.start()
+        app = build_app(self.mesh, self.config)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.http_port, reuse_address=True)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("runtime %s listening on %s (store %s)", self.config.instance, self.http_url, self.store.url)
+
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting requests, drain in-flight deliveries, close everything."""
+        timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self._runner is not None:
+            await self._runner.shutdown()
+        await self.dispatcher.drain(timeout)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.pusher.close()
+        await self.store.close()
