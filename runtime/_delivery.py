@@ -56,6 +56,14 @@ class DeliverySettings:
     backlog_interval_s: float = 5.0
 
 
+async def _cancel(task: asyncio.Task[None] | None, timeout_s: float = 2.0) -> None:
+    """Cancel `task` and wait a bounded time: a store client may swallow the cancellation."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=timeout_s)
+
+
 class _Abandoned(Exception):
     """The event is left pending in the store (draining); reclaim will deliver it later."""
 
@@ -71,13 +79,18 @@ def pattern_covers(subscription: Subscription, topic: str) -> bool:
 
 
 class _AckBatcher:
-    """Acknowledges settled events in batches: one store round trip for many events."""
+    """Acknowledges settled events in batches: one store round trip for many events.
+
+    Stopped by a flag, never by cancellation: a cancel landing inside a store call can be
+    swallowed by the client library, which would leave shutdown waiting forever.
+    """
 
     def __init__(self, store: Store, group_key: str) -> None:
         self._store = store
         self._group_key = group_key
         self._pending: list[EventRef] = []
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,35 +101,31 @@ class _AckBatcher:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not (self._closing and not self._pending):
             await self._wake.wait()
+            self._wake.clear()
             await asyncio.sleep(0)  # let a burst of settles join this batch
-            await self._flush_once()
-
-    async def _flush_once(self) -> bool:
-        self._wake.clear()
-        batch, self._pending = self._pending, []
-        if not batch:
-            return True
-        try:
-            await self._store.ack(self._group_key, batch)
-            return True
-        except StoreUnavailable as e:
-            log.warning("ack of %d events for %s deferred: %s", len(batch), self._group_key, e)
-            self._pending = batch + self._pending
-            await asyncio.sleep(0.5)
-            self._wake.set()
-            return False
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await self._store.ack(self._group_key, batch)
+            except StoreUnavailable as e:
+                self._pending = batch + self._pending
+                if self._closing:
+                    return
+                log.warning("ack of %d events for %s deferred: %s", len(batch), self._group_key, e)
+                await asyncio.sleep(0.5)
+                self._wake.set()
 
     async def close(self, timeout_s: float) -> None:
+        """Flush what is settled (within `timeout_s`) and stop."""
+        self._closing = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        deadline = time.monotonic() + timeout_s
-        while self._pending and time.monotonic() < deadline:
-            if not await self._flush_once():
-                continue
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                self._task.cancel()
         if self._pending:
             log.warning(
                 "%d settled events of %s could not be acknowledged before shutdown; they will be "
@@ -299,7 +308,7 @@ class GroupWorker:
         reason = ""
         attempt = 0
         for attempt in range(1, retry.max_attempts + 1):
-            result = await self._d.pusher.push(subscription, event, attempt)
+            result = await self._d.pusher.push(subscription, topic, event, attempt)
             metrics.attempt_duration.labels(subscription.group).observe(result.duration_s)
             if result.outcome is Outcome.ACKED:
                 metrics.delivered.labels(topic, subscription.group).inc()
@@ -370,20 +379,12 @@ class GroupWorker:
 
     async def finish(self, timeout_s: float) -> None:
         """Wait for in-flight deliveries, then acknowledge what settled."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        await _cancel(self._loop_task)
         if self._tasks:
             _, still_running = await asyncio.wait(set(self._tasks), timeout=timeout_s)
             for task in still_running:
-                task.cancel()
-            if still_running:
-                await asyncio.wait(still_running)
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive_task
+                await _cancel(task)
+        await _cancel(self._keepalive_task)
         await self._acks.close(timeout_s=5.0)
 
     async def backlog(self) -> int:
@@ -498,11 +499,8 @@ class Dispatcher:
         """Stop taking new events, let in-flight pushes finish, acknowledge what settled."""
         self.drain_started.set()
         for task in self._tasks:
-            task.cancel()
+            await _cancel(task)
         workers: Iterable[GroupWorker] = list(self.workers.values())
         for worker in workers:
             worker.stop_reading()
         await asyncio.gather(*(w.finish(timeout_s) for w in workers))
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task

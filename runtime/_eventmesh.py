@@ -16,7 +16,9 @@ from runtime._subscriptions import Subscription
 class EventMeshContract:
     """EventMesh's async HTTP push: form-encoded body, header `code: 105`, JSON `retCode` reply."""
 
-    def request(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushRequest:
+    def request(
+        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+    ) -> PushRequest:
         form = {
             "content": json.dumps(to_json_object(event), separators=(",", ":")),
             "topic": str(event.attributes.get("meshtaptopic", "")),

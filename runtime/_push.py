@@ -46,7 +46,9 @@ class PushRequest:
 
 
 class PushContract(Protocol):
-    def request(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushRequest: ...
+    def request(
+        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+    ) -> PushRequest: ...
 
     def judge(self, status: int, body: bytes) -> tuple[Outcome, str]: ...
 
@@ -54,7 +56,9 @@ class PushContract(Protocol):
 class CloudEventsContract:
     """CloudEvents HTTP binary mode: `ce-*` headers, body = data; any 2xx acknowledges."""
 
-    def request(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushRequest:
+    def request(
+        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+    ) -> PushRequest:
         headers, body = to_binary_http(event)
         return PushRequest(headers, body)
 
@@ -87,10 +91,12 @@ class Pusher:
             await self._session.close()
             self._session = None
 
-    async def push(self, subscription: Subscription, event: CloudEvent, attempt: int) -> PushResult:
+    async def push(
+        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+    ) -> PushResult:
         assert self._session is not None, "Pusher.start() was not called"
         contract = self._contracts[subscription.protocol]
-        request = contract.request(subscription, event, attempt)
+        request = contract.request(subscription, topic, event, attempt)
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
         try:
