@@ -168,7 +168,9 @@ class GroupWorker:
     def start(self) -> None:
         self._acks.start()
         self._loop_task = asyncio.create_task(self._read_loop(), name=f"read:{self.group_key}")
-        self._keepalive_task = asyncio.create_task(self._keepalive(), name=f"touch:{self.group_key}")
+        self._keepalive_task = asyncio.create_task(
+            self._keepalive(), name=f"touch:{self.group_key}"
+        )
 
     # -- reading --------------------------------------------------------------------------
     def _capacity(self) -> int:
@@ -211,7 +213,7 @@ class GroupWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if self._stopping:
+            if self.stopping():
                 break  # read but not handled: stays pending, reclaimed later
             # Register the whole batch first, so an event whose predecessor is later in the
             # same batch waits for it locally instead of asking the store.
@@ -327,7 +329,7 @@ class GroupWorker:
         await self._dead_letter(stored, subscription, reason, attempt)
 
     async def _backoff(self, ceiling_ms: int) -> None:
-        delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000  # noqa: S311 (jitter)
+        delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000
         try:
             await asyncio.wait_for(self._d.drain_started.wait(), delay)
         except TimeoutError:
@@ -372,6 +374,9 @@ class GroupWorker:
         self._acks.add(ref)
 
     # -- stopping ---------------------------------------------------------------------------
+    def stopping(self) -> bool:
+        return self._stopping
+
     def stop_reading(self) -> None:
         self._stopping = True
         self._changed.set()

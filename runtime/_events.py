@@ -123,7 +123,7 @@ def stamp(event: CloudEvent) -> CloudEvent:
 class _RawDataFormat(JSONFormat):
     """JSON event format that leaves binary-mode bodies as bytes instead of parsing them."""
 
-    def read_data(self, body: bytes, datacontenttype: str | None) -> bytes | None:  # type: ignore[override]
+    def read_data(self, body: bytes, datacontenttype: str | None) -> bytes | None:
         return body or None
 
 
@@ -302,7 +302,9 @@ def to_binary_http(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     """Headers and body for pushing `event` in HTTP binary content mode."""
     sdk_attributes: dict[str, Any] = dict(event.attributes)
     if "time" in sdk_attributes:
-        sdk_attributes["time"] = datetime.fromisoformat(str(sdk_attributes["time"]).replace("Z", "+00:00"))
+        sdk_attributes["time"] = datetime.fromisoformat(
+            str(sdk_attributes["time"]).replace("Z", "+00:00")
+        )
     sdk_event = SdkCloudEvent(sdk_attributes, event.data)
     message = ce_http.to_binary(sdk_event, _FORMAT)
     if "time" in event.attributes:

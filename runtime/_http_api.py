@@ -221,9 +221,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def build_app(mesh: Mesh, config: RuntimeConfig) -> web.Application:
-    app = web.Application(
-        middlewares=[errors_middleware], client_max_size=config.max_payload_bytes
-    )
+    app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_payload_bytes)
     app[MESH_KEY] = mesh
     app[CONFIG_KEY] = config
     app.router.add_post("/v1/topics/{topic}/events", publish)
@@ -238,4 +236,7 @@ def build_app(mesh: Mesh, config: RuntimeConfig) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from runtime._eventmesh import add_eventmesh_routes  # late: _eventmesh imports this module
+
+    add_eventmesh_routes(app)
     return app

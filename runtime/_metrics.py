@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # `_created` timestamps double the series count and no dashboard uses them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -72,5 +72,7 @@ class RuntimeMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "meshtap_deliveries_in_flight", "Deliveries being worked on by this instance.", registry=r
+            "meshtap_deliveries_in_flight",
+            "Deliveries being worked on by this instance.",
+            registry=r,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +24,13 @@ def push_contracts() -> dict[str, PushContract]:
     from runtime._eventmesh import EventMeshContract
 
     return {"cloudevents": CloudEventsContract(), "eventmesh": EventMeshContract()}
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    """The port actually bound (the configured one may be 0 = any free port)."""
+    server: Any = site._server
+    port: int = server.sockets[0].getsockname()[1]
+    return port
 
 
 class Runtime:
@@ -57,18 +65,25 @@ class Runtime:
         try:
             await self.store.connect()
         except StoreUnavailable as e:
-            log.warning("starting without the store for now (readyz says 503 until it is back): %s", e)
+            log.warning(
+                "starting without the store for now (readyz says 503 until it is back): %s", e
+            )
         await self.pusher.start()
         await self.dispatcher.start()
         app = build_app(self.mesh, self.config)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.http_port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, self.config.host, self.config.http_port, reuse_address=True
+        )
         await site.start()
-        server = site._server
-        assert server is not None
-        self.http_port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("runtime %s listening on %s (store %s)", self.config.instance, self.http_url, self.store.url)
+        self.http_port = _bound_port(site)
+        log.info(
+            "runtime %s listening on %s (store %s)",
+            self.config.instance,
+            self.http_url,
+            self.store.url,
+        )
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting requests, drain in-flight deliveries, close everything."""

@@ -39,7 +39,7 @@ class RetryPolicy:
 
     def backoff_ms(self, attempt: int) -> int:
         """Upper bound of the wait after failed attempt number `attempt` (1-based)."""
-        return min(self.max_backoff_ms, self.initial_backoff_ms * 2 ** (attempt - 1))
+        return min(self.max_backoff_ms, self.initial_backoff_ms * (1 << (attempt - 1)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,9 @@ class Subscription:
 def _int_field(raw: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = raw.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidSubscription(f"{name!r} must be an integer from {low} to {high}, got {value!r}")
+        raise InvalidSubscription(
+            f"{name!r} must be an integer from {low} to {high}, got {value!r}"
+        )
     return value
 
 
@@ -134,7 +136,9 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
     retry_raw = raw.get("retry", {})
     if not isinstance(retry_raw, dict):
         raise InvalidSubscription(f"'retry' must be an object, got {retry_raw!r}")
-    unknown_retry = sorted(set(retry_raw) - {"max_attempts", "initial_backoff_ms", "max_backoff_ms"})
+    unknown_retry = sorted(
+        set(retry_raw) - {"max_attempts", "initial_backoff_ms", "max_backoff_ms"}
+    )
     if unknown_retry:
         raise InvalidSubscription(
             f"unknown retry field(s) {', '.join(map(repr, unknown_retry))}; allowed: "

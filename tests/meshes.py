@@ -79,7 +79,9 @@ class Client:
 
 
 @asynccontextmanager
-async def running(store: str = "memory://", **overrides: Any) -> AsyncIterator[tuple[Runtime, Client]]:
+async def running(
+    store: str = "memory://", **overrides: Any
+) -> AsyncIterator[tuple[Runtime, Client]]:
     """A runtime on a free port with fast crash recovery, and a client for it."""
     settings: dict[str, Any] = {"http_port": 0, "store": store, "claim_idle_ms": 2_000}
     settings.update(overrides)

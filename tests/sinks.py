@@ -23,7 +23,11 @@ class Push:
 
     @property
     def attributes(self) -> dict[str, str]:
-        return {k[3:].lower(): unquote(v) for k, v in self.headers.items() if k.lower().startswith("ce-")}
+        return {
+            k[3:].lower(): unquote(v)
+            for k, v in self.headers.items()
+            if k.lower().startswith("ce-")
+        }
 
     @property
     def id(self) -> str:

@@ -6,6 +6,7 @@ Each test runs a real runtime (HTTP API, dispatcher, store) and real HTTP subscr
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -102,7 +103,8 @@ async def test_clustering_delivers_once_per_group_and_balances(mesh: Client) -> 
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)
         assert sorted(a.ids() + b.ids()) == sorted(ids)  # each event once in the group
-        assert a.pushes and b.pushes  # and spread over both subscribers
+        assert a.pushes  # and spread over both subscribers
+        assert b.pushes
         assert sorted(other.ids()) == sorted(ids)  # another group gets everything too
     finally:
         for s in (a, b, other):
@@ -215,7 +217,7 @@ async def test_retries_with_backoff_then_acks(mesh: Client) -> None:
         pushes = await sink.wait_for(3)
         await asyncio.sleep(0.5)
         assert len(sink.pushes) == 3  # acked on the third attempt, never pushed again
-        gaps = [b.received_at - a.received_at for a, b in zip(pushes, pushes[1:], strict=False)]
+        gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(pushes)]
         assert all(gap >= 0.02 for gap in gaps), gaps  # jittered backoff (>= half the ceiling)
     finally:
         await sink.stop()
@@ -228,7 +230,9 @@ async def _dead_letters(mesh: Client, group: str) -> RecordingSink:
 
 
 async def test_dead_letter_after_last_attempt(mesh: Client) -> None:
-    failing = await RecordingSink(respond=lambda p: web.Response(status=500, text="db down")).start()
+    failing = await RecordingSink(
+        respond=lambda p: web.Response(status=500, text="db down")
+    ).start()
     dlq = await _dead_letters(mesh, "billing")
     try:
         await mesh.subscribe(
@@ -329,7 +333,9 @@ async def test_metrics_count_the_flow(mesh: Client) -> None:
         status, text = await mesh.request("GET", "/metrics")
         assert status == 200
         assert 'meshtap_events_published_total{topic="orders.created"} 2.0' in text
-        assert 'meshtap_events_dead_lettered_total{group="billing",topic="orders.created"} 2.0' in text
+        assert (
+            'meshtap_events_dead_lettered_total{group="billing",topic="orders.created"} 2.0' in text
+        )
         assert 'meshtap_delivery_failures_total{group="billing",topic="orders.created"} 2.0' in text
         assert "meshtap_delivery_attempt_duration_seconds_bucket" in text
         assert "meshtap_group_backlog_events" in text

@@ -110,7 +110,9 @@ async def test_batch_must_be_a_non_empty_array(mesh: Client) -> None:
     )
     assert status == 400
     assert "JSON array" in reply["message"]
-    status, reply = await mesh.request("POST", "/v1/topics/orders/events", data=b"[]", headers=BATCH)
+    status, reply = await mesh.request(
+        "POST", "/v1/topics/orders/events", data=b"[]", headers=BATCH
+    )
     assert status == 400
     assert "empty" in reply["message"]
 
@@ -239,7 +241,9 @@ async def test_bad_filter_says_which_part(
         ({"topic": "orders..x", "group": "g", "sink": "http://x/"}, "orders..x"),
     ],
 )
-async def test_bad_subscription_bodies(mesh: Client, body: dict[str, object], expected: str) -> None:
+async def test_bad_subscription_bodies(
+    mesh: Client, body: dict[str, object], expected: str
+) -> None:
     status, reply = await mesh.request("POST", "/v1/subscriptions", json=body)
     assert status == 400
     assert expected in reply["message"]

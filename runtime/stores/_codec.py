@@ -1,4 +1,4 @@
-"""How stores serialise an event: attributes as compact JSON, data as raw bytes (never re-encoded)."""
+"""How stores serialise an event: attributes as compact JSON, data as raw bytes."""
 
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ Connection errors surface as `StoreUnavailable` after a short timeout, so publis
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -29,8 +30,6 @@ from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
 from runtime.stores._base import EventRef, GroupBacklog, StoredEvent, offset_key
 from runtime.stores._codec import decode_event, encode_attributes
-
-T = TypeVar("T")
 
 # KEYS: stream, topics set. ARGV: topic, partition-key prefix, ttl seconds, n, then n triples of
 # (attributes, data-with-marker, partition key or "").
@@ -100,8 +99,12 @@ class RedisStore:
     def _stream(self, topic: str) -> str:
         return f"{self._prefix}t:{topic}"
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        """Run one Redis call, turning connection trouble into StoreUnavailable."""
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        """Run one Redis call, turning connection trouble into StoreUnavailable.
+
+        Returns Any on purpose: redis-py's reply types are unions too loose to be useful, so
+        each caller states the shape it relies on.
+        """
         try:
             return await awaitable
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
@@ -124,7 +127,7 @@ class RedisStore:
         await self._client.aclose()
 
     async def ping(self) -> None:
-        await self._call(cast(Awaitable[Any], self._client.ping()))
+        await self._call(self._client.ping())
 
     # -- topics ---------------------------------------------------------------------------
     async def append(self, topic: str, events: Sequence[CloudEvent]) -> list[EventRef]:
@@ -137,13 +140,11 @@ class RedisStore:
         for event in events:
             args += [encode_attributes(event), _encode_data(event.data), event.partition_key or ""]
         keys = [self._stream(topic), f"{self._prefix}topics"]
-        ids = await self._call(cast(Awaitable[list[bytes]], self._append(keys=keys, args=args)))
+        ids = await self._call(self._append(keys=keys, args=args))
         return [EventRef(topic, i.decode()) for i in ids]
 
     async def create_topic(self, topic: str) -> bool:
-        added = await self._call(
-            cast(Awaitable[int], self._client.sadd(f"{self._prefix}topics", topic))
-        )
+        added = await self._call(self._client.sadd(f"{self._prefix}topics", topic))
         return bool(added)
 
     async def delete_topic(self, topic: str) -> bool:
@@ -154,9 +155,7 @@ class RedisStore:
         return bool(removed)
 
     async def topics(self) -> list[str]:
-        members = await self._call(
-            cast(Awaitable[set[bytes]], self._client.smembers(f"{self._prefix}topics"))
-        )
+        members = await self._call(self._client.smembers(f"{self._prefix}topics"))
         return sorted(m.decode() for m in members)
 
     # -- subscriptions --------------------------------------------------------------------
@@ -175,9 +174,7 @@ class RedisStore:
         return None if document is None else bytes(document).decode()
 
     async def subscriptions(self) -> dict[str, str]:
-        raw = await self._call(
-            cast(Awaitable[dict[bytes, bytes]], self._client.hgetall(f"{self._prefix}subs"))
-        )
+        raw = await self._call(self._client.hgetall(f"{self._prefix}subs"))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def subscriptions_version(self) -> int:
@@ -189,7 +186,10 @@ class RedisStore:
         try:
             await self._call(
                 self._client.xgroup_create(
-                    self._stream(topic), group_key, id=f"{max(start_ms - 1, 0)}-18446744073709551615", mkstream=True
+                    self._stream(topic),
+                    group_key,
+                    id=f"{max(start_ms - 1, 0)}-18446744073709551615",
+                    mkstream=True,
                 )
             )
         except redis_errors.ResponseError as e:
@@ -197,10 +197,8 @@ class RedisStore:
                 raise
 
     async def leave(self, group_key: str, topic: str) -> None:
-        try:
+        with contextlib.suppress(redis_errors.ResponseError):  # already gone
             await self._call(self._client.xgroup_destroy(self._stream(topic), group_key))
-        except redis_errors.ResponseError:
-            pass
 
     def _parse(
         self, stream: bytes | str, entries: list[Any], deliveries: dict[bytes, int] | None = None
@@ -227,7 +225,7 @@ class RedisStore:
     ) -> list[StoredEvent]:
         if not topics:
             return []
-        streams = {self._stream(t): ">" for t in topics}
+        streams: dict[Any, Any] = {self._stream(t): ">" for t in topics}
         try:
             reply = await self._call(
                 self._client.xreadgroup(
@@ -244,7 +242,7 @@ class RedisStore:
         return out
 
     async def ack(self, group_key: str, refs: Sequence[EventRef]) -> None:
-        by_topic: dict[str, list[str]] = {}
+        by_topic: dict[str, list[Any]] = {}
         for ref in refs:
             by_topic.setdefault(ref.topic, []).append(ref.offset)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -253,7 +251,7 @@ class RedisStore:
             await self._call(pipe.execute())
 
     async def touch(self, group_key: str, consumer: str, refs: Sequence[EventRef]) -> None:
-        by_topic: dict[str, list[str]] = {}
+        by_topic: dict[str, list[Any]] = {}
         for ref in refs:
             by_topic.setdefault(ref.topic, []).append(ref.offset)
         async with self._client.pipeline(transaction=False) as pipe:
@@ -277,12 +275,14 @@ class RedisStore:
                 continue
             if not pending:
                 continue
-            ids = [p["message_id"] for p in pending]
-            deliveries = {p["message_id"]: int(p["times_delivered"]) + 1 for p in pending}
+            ids: list[Any] = [p["message_id"] for p in pending]
+            deliveries: dict[bytes, int] = {
+                p["message_id"]: int(p["times_delivered"]) + 1 for p in pending
+            }
             claimed = await self._call(
                 self._client.xclaim(stream, group_key, consumer, min_idle_ms, ids)
             )
-            gone = [entry_id for entry_id, fields in claimed if fields is None]
+            gone: list[Any] = [entry_id for entry_id, fields in claimed if fields is None]
             if gone:  # trimmed or deleted: nothing left to deliver
                 await self._call(self._client.xack(stream, group_key, *gone))
             out += self._parse(stream, claimed, deliveries)
