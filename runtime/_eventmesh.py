@@ -33,8 +33,9 @@ What is deliberately different, and why
       included; EventMesh refuses all but exactly ``application/json``). EventMesh instead wraps
       the parsed body into ``{"headers","body","path","method"}``. Meshtap records and replays
       traffic, so the payload must stay what the producer sent. The client's ``uniqueid`` (or
-      ``bizseqno``) header becomes the event id (EventMesh always makes a random one), and
-      there is no 1000-character event-size limit, only ``--max-payload-bytes`` (retCode 8).
+      ``bizseqno``) header becomes the event id (EventMesh always makes a random one), a
+      W3C ``traceparent`` header joins the producer's trace, and there is no 1000-character
+      event-size limit, only ``--max-payload-bytes`` (retCode 8).
     * The topic is the path segment only: a query string is not part of it, and an empty
       topic is refused instead of falling back to ``TEST-HTTP-TOPIC``.
     * Headers ``env``/``idc``/``sys``/``pid`` are not required, and ``username``/``passwd``/
@@ -46,6 +47,10 @@ What is deliberately different, and why
     * After the last attempt, and at once on retCode 3 (FAIL), 410 or 415, the event is
       dead-lettered to ``_dlq.{consumerGroup}`` with the reason; EventMesh drops it silently.
       A 2xx reply without a readable retCode acknowledges (EventMesh treats it as FAIL).
+      ``Retry-After`` on a 429 is not honoured yet (the normal backoff applies).
+    * A push's ``uniqueId``/``bizseqno`` are the event's (its ``uniqueid``/``bizseqno``
+      extension, else its id), the same on every attempt, so subscribers can deduplicate;
+      EventMesh sends random digits when the event has none.
     * Unsubscribe removes exactly the (url, consumerGroup, topic) subscriptions named; EventMesh
       may drop the whole consumer group when its last client leaves.
     * Re-subscribing the same (url, consumerGroup, topic) changes nothing (first one wins, as in
@@ -532,8 +537,12 @@ def subscription_id(url: str, group: str, topic: str) -> str:
 
 async def subscribe(
     mesh: Mesh, url: str, group: str, items: list[SubscriptionItem]
-) -> list[Subscription]:
-    """Create one Meshtap subscription per item; existing ones are kept as they are."""
+) -> tuple[list[Subscription], list[str]]:
+    """Create one Meshtap subscription per item; existing ones are kept as they are.
+
+    Returns the subscriptions for `items` and the ids of those that existed already (a
+    repeated subscribe with another mode or type does not change them, as in EventMesh).
+    """
     try:
         sink = check_sink_url(url)
     except InvalidRequest as e:
@@ -544,10 +553,12 @@ async def subscribe(
     existing = {s.id: s for s in await mesh.subscriptions()}
     same = {(s.sink, s.group, s.topic): s for s in existing.values() if s.protocol == PROTOCOL}
     result: dict[str, Subscription] = {}
+    unchanged: list[str] = []
     for item in items:
         found = same.get((sink, group, item.topic))
         if found is not None:  # EventMesh: the first subscription for a group+topic wins
             result[found.id] = found
+            unchanged.append(found.id)
             continue
         sid = subscription_id(sink, group, item.topic)
         if sid in result:
@@ -564,7 +575,7 @@ async def subscribe(
             id=sid,
         )
         result[sid] = await mesh.subscribe(created)
-    return list(result.values())
+    return list(result.values()), unchanged
 
 
 async def unsubscribe(mesh: Mesh, url: str, group: str, topics: list[str]) -> list[str]:
@@ -659,8 +670,10 @@ async def subscribe_path(request: web.Request) -> dict[str, Any]:
     url = _text_field(body, "url", _SUBSCRIBE_EXAMPLE)
     group = _text_field(body, "consumerGroup", _SUBSCRIBE_EXAMPLE)
     items = parse_subscription_items(body.get("topic"))
-    found = await subscribe(request.app[MESH_KEY], url, group, items)
-    return {"retCode": 0, "retMsg": "success", "data": {"subscriptions": [s.id for s in found]}}
+    found, unchanged = await subscribe(request.app[MESH_KEY], url, group, items)
+    # `unchanged`: already subscribed with this url, group and topic; kept as they were.
+    data = {"subscriptions": [s.id for s in found], "unchanged": unchanged}
+    return {"retCode": 0, "retMsg": "success", "data": data}
 
 
 @_path_endpoint(RetCode.UNSUBSCRIBE_ERR)
@@ -822,9 +835,11 @@ async def sdk_publish(request: web.Request, form: dict[str, Any]) -> str:
     elif protocol == "eventmeshmessage":
         example = _sdk_fields("topic=demo-topic&content=hello&uniqueid=1&bizseqno=1&ttl=4000")
         topic = validate_topic(_text_field(form, "topic", example))
-        text = form.get("content")
-        if not isinstance(text, str) or text == "":
+        text = form.get("content")  # not stripped: the content is the data, byte for byte
+        if text is None or text == "":
             raise _body_error(f"'content' is required, e.g. {example}")
+        if not isinstance(text, str):
+            raise _body_error(f"'content' must be a string, got a JSON {_json_kind(text)}")
         attributes: dict[str, Any] = {
             "specversion": "1.0",
             "id": form.get("uniqueid") or form.get("bizseqno") or uuid.uuid4().hex,
@@ -1038,9 +1053,10 @@ def add_eventmesh_routes(app: web.Application) -> None:
 # Webhook push contract
 # --------------------------------------------------------------------------------------------
 
-# Attributes never sent to EventMesh subscribers, in any header, form field or content: the
-# EventMesh SDK puts the publisher's mesh credentials there, and EventMesh pushes them on to
-# every subscriber. Credentials for the mesh are not the consumer's business.
+# Attributes never sent to EventMesh subscribers, in any header, form field or content.
+# EventMesh copies the publisher's `username`/`passwd`/`token` request headers into every event
+# and pushes them on to every subscriber; events recorded from (or bridged by) an EventMesh
+# still carry them. They are the producer's credentials for the mesh, not the consumer's.
 NEVER_FORWARDED: Final = frozenset({"passwd", "username", "token"})
 # Attribute names that must not become request headers: they would change what the HTTP
 # request means (routing, framing) or smuggle credentials to the subscriber.
