@@ -135,6 +135,58 @@ class _AckBatcher:
             )
 
 
+class _Batcher:
+    """Collects a batched subscription's ready events and pushes them together.
+
+    An event joins the open batch only once its partition-key predecessor is settled, so a
+    batch never holds two events of one key out of order, and a batch is pushed when it is full
+    or `max_wait_ms` after its first event, whichever comes first.
+    """
+
+    def __init__(self, worker: GroupWorker, subscription: Subscription) -> None:
+        self._worker = worker
+        self._subscription = subscription
+        self._open: list[tuple[StoredEvent, asyncio.Future[None]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def submit(self, stored: StoredEvent) -> None:
+        """Returns once the batch holding `stored` is settled (raises _Abandoned if not)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._open.append((stored, future))
+        policy = self._subscription.batch
+        if len(self._open) >= policy.max_events:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(policy.max_wait_ms / 1000, self._flush)
+        await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._open = self._open, []
+        if batch:
+            task = asyncio.create_task(self._send(batch))
+            self._worker.track(task)
+
+    async def _send(self, batch: list[tuple[StoredEvent, asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            await self._worker.push_until_settled(self._subscription, [s for s, _ in batch])
+        except _Abandoned as e:
+            error = e
+        except Exception as e:
+            log.exception("batch push to %s failed unexpectedly", self._subscription.sink)
+            error = e
+        for _, future in batch:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(_Abandoned() if isinstance(error, _Abandoned) else error)
+
+
 class GroupWorker:
     """Delivers the events of one group key on this instance."""
 
@@ -153,6 +205,7 @@ class GroupWorker:
         self._round_robin = 0
         self._acks = _AckBatcher(self._store, group_key)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batchers: dict[str, _Batcher] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
 
@@ -221,9 +274,12 @@ class GroupWorker:
             for stored in batch:
                 self._tracked[stored.ref] = asyncio.get_running_loop().create_future()
             for stored in batch:
-                task = asyncio.create_task(self._handle(stored))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.track(asyncio.create_task(self._handle(stored)))
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a reference to `task` until it ends; drain waits for tracked tasks."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _keepalive(self) -> None:
         interval = self._d.settings.claim_idle_ms / 3000
@@ -306,27 +362,46 @@ class GroupWorker:
                 0,
             )
             return
+        if subscription.batch.max_events > 1 and subscription.protocol == "cloudevents":
+            batcher = self._batchers.get(subscription.id)
+            if batcher is None:
+                batcher = self._batchers[subscription.id] = _Batcher(self, subscription)
+            await batcher.submit(stored)
+        else:
+            await self.push_until_settled(subscription, [stored])
+
+    async def push_until_settled(
+        self, subscription: Subscription, batch: list[StoredEvent]
+    ) -> None:
+        """Push (retrying with backoff) until acknowledged, else dead-letter every event."""
+        metrics = self._d.metrics
+        group = subscription.group
+        items = [(stored.ref.topic, stored.event) for stored in batch]
         retry = subscription.retry
         reason = ""
         attempt = 0
         for attempt in range(1, retry.max_attempts + 1):
-            result = await self._d.pusher.push(subscription, topic, event, attempt)
-            metrics.attempt_duration.labels(subscription.group).observe(result.duration_s)
+            result = await self._d.pusher.push(subscription, items, attempt)
+            metrics.attempt_duration.labels(group).observe(result.duration_s)
             if result.outcome is Outcome.ACKED:
-                metrics.delivered.labels(topic, subscription.group).inc()
-                published_ms = offset_key(stored.ref.offset)[0]
-                metrics.delivery_latency.labels(subscription.group).observe(
-                    max(0.0, time.time() - published_ms / 1000)
-                )
-                self._settle(stored.ref)
+                now = time.time()
+                for stored in batch:
+                    metrics.delivered.labels(stored.ref.topic, group).inc()
+                    published_ms = offset_key(stored.ref.offset)[0]
+                    metrics.delivery_latency.labels(group).observe(
+                        max(0.0, now - published_ms / 1000)
+                    )
+                    self._settle(stored.ref)
                 return
-            metrics.delivery_failures.labels(topic, subscription.group).inc()
+            for stored in batch:
+                metrics.delivery_failures.labels(stored.ref.topic, group).inc()
             reason = result.error
             if result.outcome is Outcome.REJECTED:
                 break
             if attempt < retry.max_attempts:
                 await self._backoff(retry.backoff_ms(attempt))
-        await self._dead_letter(stored, subscription, reason, attempt)
+        for stored in batch:
+            await self._dead_letter(stored, subscription, reason, attempt)
 
     async def _backoff(self, ceiling_ms: int) -> None:
         delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 
-from runtime._events import CloudEvent, to_binary_http
+from runtime._events import BATCH_CONTENT_TYPE, CloudEvent, to_binary_http, to_json_object
 from runtime._subscriptions import Subscription
 
 
@@ -53,14 +55,30 @@ class PushContract(Protocol):
     def judge(self, status: int, body: bytes) -> tuple[Outcome, str]: ...
 
 
+class BatchPushContract(PushContract, Protocol):
+    def batch_request(
+        self, subscription: Subscription, items: Sequence[tuple[str, CloudEvent]], attempt: int
+    ) -> PushRequest: ...
+
+
 class CloudEventsContract:
-    """CloudEvents HTTP binary mode: `ce-*` headers, body = data; any 2xx acknowledges."""
+    """CloudEvents HTTP binary mode: `ce-*` headers, body = data; any 2xx acknowledges.
+
+    Batched subscriptions get CloudEvents batch content mode: a JSON array of events in the
+    JSON event format; a 2xx acknowledges the whole batch.
+    """
 
     def request(
         self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
     ) -> PushRequest:
         headers, body = to_binary_http(event)
         return PushRequest(headers, body)
+
+    def batch_request(
+        self, subscription: Subscription, items: Sequence[tuple[str, CloudEvent]], attempt: int
+    ) -> PushRequest:
+        body = json.dumps([to_json_object(event) for _, event in items], separators=(",", ":"))
+        return PushRequest({"content-type": BATCH_CONTENT_TYPE}, body.encode())
 
     def judge(self, status: int, body: bytes) -> tuple[Outcome, str]:
         if 200 <= status < 300:
@@ -94,11 +112,17 @@ class Pusher:
             self._session = None
 
     async def push(
-        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+        self, subscription: Subscription, items: Sequence[tuple[str, CloudEvent]], attempt: int
     ) -> PushResult:
+        """Push one event, or several in one request when the contract can batch."""
         assert self._session is not None, "Pusher.start() was not called"
         contract = self._contracts[subscription.protocol]
-        request = contract.request(subscription, topic, event, attempt)
+        if len(items) == 1:
+            topic, event = items[0]
+            request = contract.request(subscription, topic, event, attempt)
+        else:
+            assert isinstance(contract, CloudEventsContract), "only CloudEvents pushes batch"
+            request = contract.batch_request(subscription, items, attempt)
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
         try:

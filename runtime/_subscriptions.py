@@ -43,6 +43,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    """Push up to `max_events` events in one request (CloudEvents batch content mode).
+
+    One HTTP request per event costs the runtime and the subscriber far more than the event
+    itself; batching is how a subscriber takes tens of thousands of events per second.
+    `max_wait_ms` bounds the latency a partly filled batch adds.
+    """
+
+    max_events: int = 1
+    max_wait_ms: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
     topic: str
     group: str
@@ -50,6 +63,7 @@ class Subscription:
     mode: Mode = "clustering"
     filters: EventFilter = field(default_factory=lambda: compile_filters([]))
     retry: RetryPolicy = RetryPolicy()
+    batch: BatchPolicy = BatchPolicy()
     timeout_ms: int = 5_000
     protocol: PushProtocol = "cloudevents"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -79,6 +93,7 @@ class Subscription:
                 "initial_backoff_ms": self.retry.initial_backoff_ms,
                 "max_backoff_ms": self.retry.max_backoff_ms,
             },
+            "batch": {"max_events": self.batch.max_events, "max_wait_ms": self.batch.max_wait_ms},
             "timeout_ms": self.timeout_ms,
             "protocol": self.protocol,
             "created_ms": self.created_ms,
@@ -99,6 +114,7 @@ class Subscription:
             sink=raw["sink"],
             filters=compile_filters(raw.get("filters", [])),
             retry=RetryPolicy(**raw.get("retry", {})),
+            batch=BatchPolicy(**raw.get("batch", {})),
             timeout_ms=int(raw.get("timeout_ms", 5_000)),
             protocol=raw.get("protocol", "cloudevents"),
             created_ms=int(raw["created_ms"]),
@@ -121,7 +137,7 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
             'the body must be a JSON object like {"topic": "orders.#", "group": "billing", '
             '"sink": "http://billing:8080/events"}'
         )
-    known = {"topic", "group", "mode", "sink", "filters", "retry", "timeout_ms"}
+    known = {"topic", "group", "mode", "sink", "filters", "retry", "batch", "timeout_ms"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InvalidSubscription(
@@ -149,6 +165,22 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
         initial_backoff_ms=_int_field(retry_raw, "initial_backoff_ms", 200, 1, 3_600_000),
         max_backoff_ms=_int_field(retry_raw, "max_backoff_ms", 30_000, 1, 3_600_000),
     )
+    batch_raw = raw.get("batch", {})
+    if not isinstance(batch_raw, dict):
+        raise InvalidSubscription(
+            f'\'batch\' must be an object like {{"max_events": 100, "max_wait_ms": 10}}, '
+            f"got {batch_raw!r}"
+        )
+    unknown_batch = sorted(set(batch_raw) - {"max_events", "max_wait_ms"})
+    if unknown_batch:
+        raise InvalidSubscription(
+            f"unknown batch field(s) {', '.join(map(repr, unknown_batch))}; allowed: "
+            "'max_events', 'max_wait_ms'"
+        )
+    batch = BatchPolicy(
+        max_events=_int_field(batch_raw, "max_events", 1, 1, 1000),
+        max_wait_ms=_int_field(batch_raw, "max_wait_ms", 10, 0, 10_000),
+    )
     return Subscription(
         topic=validate_pattern(raw["topic"]),
         group=validate_group(raw["group"]),
@@ -156,6 +188,7 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
         sink=check_sink_url(raw["sink"]),
         filters=compile_filters(raw.get("filters", [])),
         retry=retry,
+        batch=batch,
         timeout_ms=_int_field(raw, "timeout_ms", 5_000, 1, 600_000),
         protocol=protocol,
     )

@@ -341,3 +341,66 @@ async def test_metrics_count_the_flow(mesh: Client) -> None:
         assert "meshtap_group_backlog_events" in text
     finally:
         await sink.stop()
+
+
+def _batch_ids(push: Push) -> list[str]:
+    assert push.headers["Content-Type"] == "application/cloudevents-batch+json"
+    return [item["id"] for item in json.loads(push.body)]
+
+
+async def test_batched_push_uses_batch_content_mode(mesh: Client, sink: RecordingSink) -> None:
+    await mesh.subscribe(
+        topic="orders.#",
+        group="billing",
+        sink=sink.url,
+        batch={"max_events": 10, "max_wait_ms": 50},
+    )
+    ids = await mesh.publish("orders.created", *(event(f"e-{i}", tenant="acme") for i in range(25)))
+    deadline = time.monotonic() + 10
+    while sum(len(_batch_ids(p)) for p in sink.pushes) < 25 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    received = [i for p in sink.pushes for i in _batch_ids(p)]
+    assert sorted(received) == sorted(ids)
+    assert all(len(_batch_ids(p)) <= 10 for p in sink.pushes)
+    assert len(sink.pushes) < 25  # really batched
+    first = json.loads(sink.pushes[0].body)[0]
+    assert first["tenant"] == "acme"
+    assert first["data"] == {"n": first["id"]}
+    assert "traceparent" in first
+
+
+async def test_batched_push_keeps_key_order_and_dead_letters_whole_batch(mesh: Client) -> None:
+    answers: list[int] = []
+
+    def respond(push: Push) -> web.Response:
+        answers.append(len(_batch_ids(push)))
+        return web.Response(status=500 if len(answers) <= 3 else 204)
+
+    sink = await RecordingSink(respond=respond).start()
+    dlq = await _dead_letters(mesh, "billing")
+    try:
+        await mesh.subscribe(
+            topic="orders.#",
+            group="billing",
+            sink=sink.url,
+            batch={"max_events": 50, "max_wait_ms": 20},
+            retry={"max_attempts": 3, "initial_backoff_ms": 10, "max_backoff_ms": 10},
+        )
+        first = await mesh.publish("orders.created", *(event(f"a-{i}") for i in range(5)))
+        letters = await dlq.wait_for(len(first))
+        assert sorted(p.id for p in letters) == sorted(first)  # 3 failed pushes of one batch
+        assert letters[0].attributes["deadletterattempts"] == "3"
+        await mesh.publish(
+            "orders.created", *(event(f"k-{i}", partitionkey=f"k{i % 2}") for i in range(10))
+        )
+        deadline = time.monotonic() + 10
+        while sum(answers[3:]) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        delivered = [i for p in sink.pushes[3:] for i in _batch_ids(p)]
+        for key in ("0", "1"):
+            mine = [i for i in delivered if int(i.split("-")[1]) % 2 == int(key)]
+            assert mine == sorted(mine, key=lambda i: int(i.split("-")[1]))
+        assert sorted(delivered) == sorted(f"k-{i}" for i in range(10))
+    finally:
+        await sink.stop()
+        await dlq.stop()

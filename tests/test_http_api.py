@@ -317,3 +317,20 @@ def test_cloudevent_is_frozen() -> None:
     e = CloudEvent({"id": "1"}, b"x")
     with pytest.raises(AttributeError):
         e.data = b"y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        ({"max_events": 0}, "'max_events' must be an integer from 1 to 1000"),
+        ({"max_events": 5000}, "'max_events' must be an integer from 1 to 1000"),
+        ({"max_wait_ms": -1}, "'max_wait_ms' must be an integer from 0 to 10000"),
+        ({"size": 5}, "unknown batch field(s) 'size'"),
+        ([5], "'batch' must be an object"),
+    ],
+)
+async def test_bad_batch_policy(mesh: Client, batch: object, expected: str) -> None:
+    body = {"topic": "orders", "group": "g", "sink": "http://127.0.0.1:9/x", "batch": batch}
+    status, reply = await mesh.request("POST", "/v1/subscriptions", json=body)
+    assert status == 400
+    assert expected in reply["message"]

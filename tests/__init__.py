@@ -1,0 +1,1 @@
+"""Meshtap tests. A package so helpers import as ``tests.servers`` with no name clashes."""
