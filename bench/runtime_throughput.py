@@ -134,6 +134,11 @@ def _event(i: int) -> dict[str, object]:
     }
 
 
+async def warm_up(url: str, sub: Subscriber, topic: str) -> None:
+    """Publish to `topic` once before measuring: the group joins it and connections open."""
+    await bench_batch(url, sub, 200, topic, "warm-up")
+
+
 async def bench_batch(
     url: str, sub: Subscriber, total: int, topic: str, name: str = "batch publish (100/request)"
 ) -> Result:
@@ -155,7 +160,9 @@ async def bench_batch(
     return Result(name, total, sub.last_at - started, sub.latencies_ms)
 
 
-async def bench_single(url: str, sub: Subscriber, total: int, topic: str) -> Result:
+async def bench_single(
+    url: str, sub: Subscriber, total: int, topic: str, name: str = "single-event publish"
+) -> Result:
     sub.expect(total)
     headers = {"content-type": "application/cloudevents+json"}
     started = time.perf_counter()
@@ -171,7 +178,7 @@ async def bench_single(url: str, sub: Subscriber, total: int, topic: str) -> Res
         await asyncio.gather(*(producer(k) for k in range(16)))
         published = time.perf_counter() - started
         await wait_delivered(sub, url, 120)
-    return Result("single-event publish", total, published, sub.latencies_ms)
+    return Result(name, total, published, sub.latencies_ms)
 
 
 async def bench_paced(url: str, sub: Subscriber, rate: int, seconds: float, topic: str) -> Result:
@@ -285,9 +292,13 @@ async def main() -> None:
                 ):
                     async with session.post(f"{runtime.url}/v1/subscriptions", json=body) as r:
                         assert r.status == 201, await r.text()
-            # warm up (joins the topics, opens connections)
-            await bench_batch(runtime.url, sub, 400, "bench.one.warmup")
-            await bench_batch(runtime.url, sub, 400, "bench.many.warmup")
+            for topic in (
+                "bench.one.batch",
+                "bench.many.batch",
+                "bench.one.single",
+                "bench.one.paced",
+            ):
+                await warm_up(runtime.url, sub, topic)
 
             results = []
             only = set(args.only or ["batch", "single", "latency"])
@@ -321,7 +332,28 @@ async def main() -> None:
                 single_total = max(1_000, total // 4)
                 raw = await raw_redis(redis_server.url, single_total, 1, "raw XADD one by one")
                 results.append(
-                    (await bench_single(runtime.url, sub, single_total, "bench.one.single"), raw)
+                    (
+                        await bench_single(
+                            runtime.url,
+                            sub,
+                            single_total,
+                            "bench.one.single",
+                            "single publish, push per event",
+                        ),
+                        raw,
+                    )
+                )
+                results.append(
+                    (
+                        await bench_single(
+                            runtime.url,
+                            sub,
+                            single_total,
+                            "bench.many.single",
+                            "single publish, batched push",
+                        ),
+                        raw,
+                    )
                 )
             if "latency" in only:
                 paced_seconds = 2.0 if args.quick else 10.0

@@ -96,6 +96,15 @@ def _parse_routes(values: Sequence[str]) -> dict[str, str]:
     return routes
 
 
+def _shown_default(option: Option, defaults: RuntimeConfig) -> object:
+    """The default as documented (computed defaults are shown by what they are made of)."""
+    if option.field == "webhook_topics":
+        return "webhook.NAME"
+    if option.field == "instance":
+        return "HOSTNAME-PID"
+    return getattr(defaults, option.field)
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = RuntimeConfig()
     parser = argparse.ArgumentParser(
@@ -104,10 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag can also be set with the MESHTAP_* environment variable shown.",
     )
     for option in OPTIONS:
-        default = getattr(defaults, option.field)
-        shown = default if option.field != "webhook_topics" else "webhook.NAME"
-        if option.field == "instance":
-            shown = "HOSTNAME-PID"
+        shown = _shown_default(option, defaults)
         kwargs: dict[str, Any] = {
             "dest": option.field,
             "metavar": option.metavar,
@@ -146,3 +152,14 @@ def config_from_args(
                 parser.error(str(e))
         values[option.field] = value
     return RuntimeConfig(**values)
+
+
+def options_markdown() -> str:
+    """The configuration table of README.md (kept in sync by a test)."""
+    defaults = RuntimeConfig()
+    lines = ["| flag | environment variable | default | what it does |", "|---|---|---|---|"]
+    for option in OPTIONS:
+        default = _shown_default(option, defaults)
+        flag = f"{option.flag} {option.metavar}" if option.metavar else option.flag
+        lines.append(f"| `{flag}` | `{option.env}` | `{default}` | {option.help} |")
+    return "\n".join(lines)

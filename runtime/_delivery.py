@@ -52,7 +52,9 @@ class DeliverySettings:
     """An event handed out this often without settling is poison: it is dead-lettered."""
     refresh_interval_s: float = 1.0
     """How often subscriptions and topics are re-read from the store."""
-    read_block_ms: int = 500
+    read_block_ms: int = 100
+    """A blocked read only sees the topics it started with: this bounds how long events on a
+    brand-new topic wait for the group to start reading it."""
     backlog_interval_s: float = 5.0
 
 

@@ -207,3 +207,20 @@ async def test_sigterm_drains_in_flight_deliveries_then_exits_zero(
     finally:
         process.kill()
         await sink.stop()
+
+
+async def test_publish_survives_a_flushed_script_cache(redis_server: RedisServer) -> None:
+    """A restarted Redis has lost the append script; the store reloads it and nothing is lost."""
+    sink = await RecordingSink().start()
+    try:
+        async with running(redis_server.url) as (runtime, client):
+            await client.subscribe(topic="orders.#", group="billing", sink=sink.url)
+            await client.publish("orders.created", event("before"))
+            await runtime.store._client.script_flush()  # type: ignore[attr-defined]
+            results = await asyncio.gather(
+                *(client.publish("orders.created", event(f"after-{i}")) for i in range(20))
+            )
+            await sink.wait_for(21)
+        assert sorted(sink.ids()) == sorted(["before", *(r[0] for r in results)])
+    finally:
+        await sink.stop()

@@ -18,6 +18,7 @@ Connection errors surface as `StoreUnavailable` after a short timeout, so publis
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import Any
@@ -59,6 +60,7 @@ return out
 """
 
 _PARTITION_LINK_TTL_S = 86_400
+_QueuedAppend = tuple[str, Sequence[CloudEvent], "asyncio.Future[list[EventRef]]"]
 _NO_DATA = b"\x00"
 _HAS_DATA = b"\x01"
 
@@ -94,6 +96,10 @@ class RedisStore:
             max_connections=512,
         )
         self._append = self._client.register_script(_APPEND_SCRIPT)
+        self._queued_appends: list[
+            tuple[str, Sequence[CloudEvent], asyncio.Future[list[EventRef]]]
+        ] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     # -- plumbing -------------------------------------------------------------------------
     def _stream(self, topic: str) -> str:
@@ -131,6 +137,25 @@ class RedisStore:
 
     # -- topics ---------------------------------------------------------------------------
     async def append(self, topic: str, events: Sequence[CloudEvent]) -> list[EventRef]:
+        """Append atomically per call; concurrent calls share one round trip (group commit).
+
+        Appends issued in the same event-loop turn (many producers publishing one event each)
+        go to Redis as one pipeline: one connection checkout and one network round trip for
+        all of them, instead of one each. A lone append waits for nothing.
+        """
+        future: asyncio.Future[list[EventRef]] = asyncio.get_running_loop().create_future()
+        self._queued_appends.append((topic, events, future))
+        if len(self._queued_appends) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_appends)
+        return await future
+
+    def _flush_appends(self) -> None:
+        batch, self._queued_appends = self._queued_appends, []
+        task = asyncio.create_task(self._write_appends(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    def _append_args(self, topic: str, events: Sequence[CloudEvent]) -> list[bytes | str | int]:
         args: list[bytes | str | int] = [
             topic,
             f"{self._prefix}pk:",
@@ -139,9 +164,60 @@ class RedisStore:
         ]
         for event in events:
             args += [encode_attributes(event), _encode_data(event.data), event.partition_key or ""]
-        keys = [self._stream(topic), f"{self._prefix}topics"]
-        ids = await self._call(self._append(keys=keys, args=args))
-        return [EventRef(topic, i.decode()) for i in ids]
+        return args
+
+    async def _write_appends(self, batch: list[_QueuedAppend]) -> None:
+        # EVALSHA directly: redis-py's pipelined scripts would add a SCRIPT EXISTS round trip
+        # to every flush. The script is loaded only when Redis has lost it (NOSCRIPT after a
+        # restart), and only the entries that failed that way are sent again.
+        todo = batch
+        replies: list[Any] = []
+        for _ in range(2):
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for topic, events, _ in todo:
+                        pipe.evalsha(
+                            self._append.sha,
+                            2,
+                            self._stream(topic),
+                            f"{self._prefix}topics",
+                            *self._append_args(topic, events),
+                        )
+                    replies = await self._call(pipe.execute(raise_on_error=False))
+            except StoreUnavailable as e:
+                for _, _, future in todo:
+                    if not future.done():
+                        future.set_exception(e)
+                return
+            lost = [isinstance(r, redis_errors.NoScriptError) for r in replies]
+            self._settle_appends(
+                [e for e, missing in zip(todo, lost, strict=True) if not missing],
+                [r for r, missing in zip(replies, lost, strict=True) if not missing],
+            )
+            todo = [e for e, missing in zip(todo, lost, strict=True) if missing]
+            if not todo:
+                return
+            try:
+                await self._call(self._client.script_load(_APPEND_SCRIPT))
+            except StoreUnavailable as e:
+                for _, _, future in todo:
+                    future.set_exception(e)
+                return
+        self._settle_appends(todo, replies)
+
+    def _settle_appends(self, batch: list[_QueuedAppend], replies: list[Any]) -> None:
+        for (topic, _, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(
+                    StoreUnavailable(
+                        f"Redis at {self._where()} refused the write ({reply}); nothing was "
+                        "stored, retry later"
+                    )
+                )
+            else:
+                future.set_result([EventRef(topic, i.decode()) for i in reply])
 
     async def create_topic(self, topic: str) -> bool:
         added = await self._call(self._client.sadd(f"{self._prefix}topics", topic))
