@@ -9,7 +9,7 @@ import sys
 import aiohttp
 import pytest
 
-from runtime._config import OPTIONS, RuntimeConfig, config_from_args
+from runtime._config import OPTIONS, RuntimeConfig, config_from_args, options_markdown
 from tests.meshes import ROOT, Client, RuntimeProcess, event
 from tests.sinks import RecordingSink
 
@@ -108,3 +108,13 @@ async def test_runs_on_embedded_defaults_and_stops_cleanly_on_ctrl_c() -> None:
     finally:
         process.kill()
         await sink.stop()
+
+
+def test_readme_configuration_table_matches_the_code() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- config-table:start -->") + len("<!-- config-table:start -->")
+    end = readme.index("<!-- config-table:end -->")
+    assert readme[start:end].strip() == options_markdown(), (
+        "README.md's configuration table is stale; regenerate it with "
+        "`python -c 'from runtime._config import options_markdown; print(options_markdown())'`"
+    )
