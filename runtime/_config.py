@@ -23,6 +23,7 @@ class RuntimeConfig:
     drain_timeout_s: float = 30.0
     claim_idle_ms: int = 30_000
     max_in_flight: int = 256
+    retention_s: float = 3600.0
     webhook_topics: Mapping[str, str] = field(default_factory=dict)
     """`/webhook/{name}` publishes to `webhook_topics[name]`, default `webhook.{name}`."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -71,6 +72,14 @@ OPTIONS: tuple[Option, ...] = (
         int,
     ),
     Option("--max-in-flight", "max_in_flight", "concurrent pushes per consumer group", int),
+    Option(
+        "--retention",
+        "retention_s",
+        "seconds settled events stay in the store (at least 60; events a group still needs are "
+        "never dropped, and the capture store keeps history)",
+        float,
+        "SECONDS",
+    ),
     Option(
         "--webhook-topic",
         "webhook_topics",
@@ -151,6 +160,11 @@ def config_from_args(
             except argparse.ArgumentTypeError as e:
                 parser.error(str(e))
         values[option.field] = value
+    if values.get("retention_s", 60) < 60:
+        parser.error(
+            f"--retention must be at least 60 seconds (got {values['retention_s']:g}): "
+            "subscribers joining a new topic need that long to see its first events"
+        )
     return RuntimeConfig(**values)
 
 

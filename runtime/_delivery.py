@@ -56,6 +56,9 @@ class DeliverySettings:
     """A blocked read only sees the topics it started with: this bounds how long events on a
     brand-new topic wait for the group to start reading it."""
     backlog_interval_s: float = 5.0
+    retention_ms: int = 3_600_000
+    """Settled events stay in the store this long (the capture store keeps them for good)."""
+    trim_interval_s: float = 60.0
 
 
 async def _cancel(task: asyncio.Task[None] | None, timeout_s: float = 2.0) -> None:
@@ -510,6 +513,7 @@ class Dispatcher:
         self._tasks = [
             asyncio.create_task(self._refresh_loop(), name="dispatcher-refresh"),
             asyncio.create_task(self._backlog_loop(), name="dispatcher-backlog"),
+            asyncio.create_task(self._retention_loop(), name="dispatcher-retention"),
         ]
 
     def knows_topic(self, topic: str) -> bool:
@@ -576,6 +580,22 @@ class Dispatcher:
                     totals[worker.group] = totals.get(worker.group, 0) + await worker.backlog()
             for group, total in totals.items():
                 self.metrics.backlog.labels(group).set(total)
+
+    async def _retention_loop(self) -> None:
+        """Trim settled events past the retention window. Every instance may do it: trimming
+        is idempotent, and the store never trims what a group still needs."""
+        while not self.draining:
+            await asyncio.sleep(self.settings.trim_interval_s)
+            await self.trim_now()
+
+    async def trim_now(self) -> None:
+        cutoff_ms = time.time_ns() // 1_000_000 - self.settings.retention_ms
+        for topic in list(self._topics):
+            try:
+                await self.store.trim(topic, cutoff_ms)
+            except StoreUnavailable as e:
+                log.warning("retention trimming paused: %s", e)
+                return
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking new events, let in-flight pushes finish, acknowledge what settled."""

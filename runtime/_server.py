@@ -50,7 +50,9 @@ class Runtime:
             self.metrics,
             consumer=consumer,
             settings=DeliverySettings(
-                claim_idle_ms=config.claim_idle_ms, max_in_flight=config.max_in_flight
+                claim_idle_ms=config.claim_idle_ms,
+                max_in_flight=config.max_in_flight,
+                retention_ms=int(config.retention_s * 1000),
             ),
         )
         self.mesh = Mesh(self.store, self.dispatcher, self.metrics)

@@ -6,6 +6,7 @@ Each test runs a real runtime (HTTP API, dispatcher, store) and real HTTP subscr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import random
@@ -404,3 +405,17 @@ async def test_batched_push_keeps_key_order_and_dead_letters_whole_batch(mesh: C
     finally:
         await sink.stop()
         await dlq.stop()
+
+
+async def test_retention_trims_only_settled_events(sink: RecordingSink) -> None:
+    async with running("memory://") as (runtime, client):
+        await client.subscribe(topic="orders.#", group="billing", sink=sink.url)
+        await client.publish("orders.created", *(event(f"e-{i}") for i in range(50)))
+        await sink.wait_for(50)
+        await asyncio.sleep(0.2)  # acknowledgements are batched
+        runtime.dispatcher.settings = dataclasses.replace(
+            runtime.dispatcher.settings, retention_ms=0
+        )
+        await runtime.dispatcher.trim_now()
+        await runtime.store.join("late", "orders.created", 0)
+        assert await runtime.store.read("late", "c", ["orders.created"], 100, 0) == []

@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from runtime import CloudEvent
+from runtime.stores.redis import RedisStore
 from tests.meshes import Client, RuntimeProcess, event, running
 from tests.servers import RedisServer
 from tests.sinks import Push, RecordingSink
@@ -224,3 +226,21 @@ async def test_publish_survives_a_flushed_script_cache(redis_server: RedisServer
         assert sorted(sink.ids()) == sorted(["before", *(r[0] for r in results)])
     finally:
         await sink.stop()
+
+
+async def test_trim_prunes_consumers_that_hold_nothing(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url, consumer_idle_ms=50)
+    await store.connect()
+    try:
+        await store.join("g", "orders", 0)
+        await store.append("orders", [CloudEvent({"id": "1", "source": "/", "type": "t"})])
+        await store.append("orders", [CloudEvent({"id": "2", "source": "/", "type": "t"})])
+        (first,) = await store.read("g", "gone", ["orders"], 1, 0)
+        await store.ack("g", [first.ref])
+        await store.read("g", "busy", ["orders"], 1, 0)  # holds event 2, pending
+        await asyncio.sleep(0.1)
+        await store.trim("orders", 0)
+        consumers = await store._client.xinfo_consumers("meshtap:t:orders", "g")
+        assert [c["name"] for c in consumers] == [b"busy"]
+    finally:
+        await store.close()

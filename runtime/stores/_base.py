@@ -42,10 +42,19 @@ class EventRef:
         return cls(topic, offset)
 
 
+MAX_SEQ = 2**64 - 1
+
+
 def offset_key(offset: str) -> tuple[int, int]:
     """Sort key of an offset; `<ms>-<seq>` like Redis stream ids."""
     ms, _, seq = offset.partition("-")
     return int(ms), int(seq or 0)
+
+
+def next_offset_key(key: tuple[int, int]) -> tuple[int, int]:
+    """The smallest offset after `key`."""
+    ms, seq = key
+    return (ms + 1, 0) if seq >= MAX_SEQ else (ms, seq + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +139,11 @@ class Store(Protocol):
         ...
 
     async def backlog(self, group_key: str, topics: Sequence[str]) -> GroupBacklog: ...
+
+    async def trim(self, topic: str, before_ms: int) -> None:
+        """Forget events appended before `before_ms` that every group has read and acknowledged.
+
+        Never removes an event a group still needs; retention beyond delivery is the capture
+        store's job, not the broker's.
+        """
+        ...

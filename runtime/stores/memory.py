@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from runtime._events import CloudEvent
-from runtime.stores._base import EventRef, GroupBacklog, StoredEvent, offset_key
+from runtime.stores._base import (
+    MAX_SEQ,
+    EventRef,
+    GroupBacklog,
+    StoredEvent,
+    next_offset_key,
+    offset_key,
+)
 
 
 @dataclass(slots=True)
@@ -102,13 +109,15 @@ class MemoryStore:
         return refs
 
     def _trim(self, stream: _Stream) -> None:
-        """Drop the oldest events every group is done with, beyond the retention count."""
+        """Keep memory bounded: beyond `retain` events, drop the oldest all groups are done with."""
         excess = len(stream.entries) - self._retain
-        if excess < max(1000, self._retain // 10):
-            return
-        floor = stream.entries[excess].key
+        if excess >= max(1000, self._retain // 10):
+            self._drop_before(stream, stream.entries[excess].key)
+
+    def _drop_before(self, stream: _Stream, key: tuple[int, int]) -> None:
+        floor = key
         for group in stream.groups.values():
-            floor = min(floor, group.last_delivered)
+            floor = min(floor, next_offset_key(group.last_delivered))
             for offset in group.pending:
                 floor = min(floor, offset_key(offset))
         keep_from = 0
@@ -149,7 +158,7 @@ class MemoryStore:
     async def join(self, group_key: str, topic: str, start_ms: int) -> None:
         stream = self._stream(topic)
         if group_key not in stream.groups:
-            stream.groups[group_key] = _Group(last_delivered=(start_ms - 1, 2**63))
+            stream.groups[group_key] = _Group(last_delivered=(start_ms - 1, MAX_SEQ))
 
     async def leave(self, group_key: str, topic: str) -> None:
         stream = self._streams.get(topic)
@@ -238,6 +247,11 @@ class MemoryStore:
         if offset_key(ref.offset) > group.last_delivered:
             return False
         return ref.offset not in group.pending
+
+    async def trim(self, topic: str, before_ms: int) -> None:
+        stream = self._streams.get(topic)
+        if stream is not None:
+            self._drop_before(stream, (before_ms, 0))
 
     async def backlog(self, group_key: str, topics: Sequence[str]) -> GroupBacklog:
         pending = lag = 0

@@ -29,7 +29,14 @@ import redis.exceptions as redis_errors
 
 from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
-from runtime.stores._base import EventRef, GroupBacklog, StoredEvent, offset_key
+from runtime.stores._base import (
+    MAX_SEQ,
+    EventRef,
+    GroupBacklog,
+    StoredEvent,
+    next_offset_key,
+    offset_key,
+)
 from runtime.stores._codec import decode_event, encode_attributes
 
 # KEYS: stream, topics set. ARGV: topic, partition-key prefix, ttl seconds, n, then n triples of
@@ -81,12 +88,14 @@ class RedisStore:
         prefix: str = "meshtap:",
         connect_timeout_s: float = 1.0,
         command_timeout_s: float = 5.0,
+        consumer_idle_ms: int = 3_600_000,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"not a Redis URL: {url!r}; use redis://host:port/db")
         self.url = url
         self._prefix = prefix
+        self._consumer_idle_ms = consumer_idle_ms
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_connect_timeout=connect_timeout_s,
@@ -264,7 +273,7 @@ class RedisStore:
                 self._client.xgroup_create(
                     self._stream(topic),
                     group_key,
-                    id=f"{max(start_ms - 1, 0)}-18446744073709551615",
+                    id=f"{max(start_ms - 1, 0)}-{MAX_SEQ}",
                     mkstream=True,
                 )
             )
@@ -380,6 +389,34 @@ class RedisStore:
         if offset_key(ref.offset) > offset_key(group["last-delivered-id"].decode()):
             return False
         return not pending or isinstance(pending, Exception)
+
+    async def trim(self, topic: str, before_ms: int) -> None:
+        stream = self._stream(topic)
+        try:
+            groups: list[dict[str, Any]] = await self._call(self._client.xinfo_groups(stream))
+        except redis_errors.ResponseError:  # no such stream
+            return
+        floor = (before_ms, 0)
+        for group in groups:
+            await self._prune_consumers(stream, group["name"])
+            last = offset_key(group["last-delivered-id"].decode())
+            floor = min(floor, next_offset_key(last))
+            if int(group["pending"]):
+                summary = await self._call(self._client.xpending(stream, group["name"]))
+                if summary["min"]:
+                    floor = min(floor, offset_key(summary["min"].decode()))
+        # Approximate trimming frees whole stream nodes only: cheap, and never past the floor.
+        await self._call(
+            self._client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
+        )
+
+    async def _prune_consumers(self, stream: str, group: bytes) -> None:
+        """Forget consumers that hold nothing and were idle for an hour: every runtime start
+        registers a new consumer name, and dead ones would otherwise pile up in XINFO."""
+        consumers = await self._call(self._client.xinfo_consumers(stream, group))
+        for consumer in consumers:
+            if int(consumer["pending"]) == 0 and int(consumer["idle"]) > self._consumer_idle_ms:
+                await self._call(self._client.xgroup_delconsumer(stream, group, consumer["name"]))
 
     async def backlog(self, group_key: str, topics: Sequence[str]) -> GroupBacklog:
         async with self._client.pipeline(transaction=False) as pipe:
