@@ -130,6 +130,22 @@ def _int_field(raw: dict[str, Any], name: str, default: int, low: int, high: int
     return value
 
 
+def _object_field(
+    raw: dict[str, Any], name: str, allowed: tuple[str, ...], example: str
+) -> dict[str, Any]:
+    """A nested policy object (`retry`, `batch`): an object with only the allowed keys."""
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise InvalidSubscription(f"{name!r} must be an object like {{{example}}}, got {value!r}")
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise InvalidSubscription(
+            f"unknown {name} field(s) {', '.join(map(repr, unknown))}; allowed: "
+            f"{', '.join(map(repr, allowed))}"
+        )
+    return value
+
+
 def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> Subscription:
     """Validate a subscription request body (`POST /v1/subscriptions`)."""
     if not isinstance(raw, dict):
@@ -149,34 +165,17 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
     mode = raw.get("mode", "clustering")
     if mode not in MODES:
         raise InvalidSubscription(f"'mode' must be 'clustering' or 'broadcast', got {mode!r}")
-    retry_raw = raw.get("retry", {})
-    if not isinstance(retry_raw, dict):
-        raise InvalidSubscription(f"'retry' must be an object, got {retry_raw!r}")
-    unknown_retry = sorted(
-        set(retry_raw) - {"max_attempts", "initial_backoff_ms", "max_backoff_ms"}
+    retry_raw = _object_field(
+        raw, "retry", ("max_attempts", "initial_backoff_ms", "max_backoff_ms"), '"max_attempts": 5'
     )
-    if unknown_retry:
-        raise InvalidSubscription(
-            f"unknown retry field(s) {', '.join(map(repr, unknown_retry))}; allowed: "
-            "'max_attempts', 'initial_backoff_ms', 'max_backoff_ms'"
-        )
     retry = RetryPolicy(
         max_attempts=_int_field(retry_raw, "max_attempts", 5, 1, 100),
         initial_backoff_ms=_int_field(retry_raw, "initial_backoff_ms", 200, 1, 3_600_000),
         max_backoff_ms=_int_field(retry_raw, "max_backoff_ms", 30_000, 1, 3_600_000),
     )
-    batch_raw = raw.get("batch", {})
-    if not isinstance(batch_raw, dict):
-        raise InvalidSubscription(
-            f'\'batch\' must be an object like {{"max_events": 100, "max_wait_ms": 10}}, '
-            f"got {batch_raw!r}"
-        )
-    unknown_batch = sorted(set(batch_raw) - {"max_events", "max_wait_ms"})
-    if unknown_batch:
-        raise InvalidSubscription(
-            f"unknown batch field(s) {', '.join(map(repr, unknown_batch))}; allowed: "
-            "'max_events', 'max_wait_ms'"
-        )
+    batch_raw = _object_field(
+        raw, "batch", ("max_events", "max_wait_ms"), '"max_events": 100, "max_wait_ms": 10'
+    )
     batch = BatchPolicy(
         max_events=_int_field(batch_raw, "max_events", 1, 1, 1000),
         max_wait_ms=_int_field(batch_raw, "max_wait_ms", 10, 0, 10_000),
