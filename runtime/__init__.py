@@ -5,6 +5,17 @@ No Django and no ClickHouse here; plugins (stores, capture sinks) are found thro
 
 from __future__ import annotations
 
+from runtime._capture import (
+    CaptureConfig,
+    CaptureNotReady,
+    CaptureSink,
+    DeliveryRecord,
+    NullCapture,
+    PublishRecord,
+    SpanEventRecord,
+    SpanLinkRecord,
+    SpanRecord,
+)
 from runtime._errors import (
     InvalidCloudEvent,
     InvalidFilter,
@@ -20,7 +31,11 @@ from runtime._errors import (
 from runtime._events import CloudEvent
 
 __all__ = [
+    "CaptureConfig",
+    "CaptureNotReady",
+    "CaptureSink",
     "CloudEvent",
+    "DeliveryRecord",
     "InvalidCloudEvent",
     "InvalidFilter",
     "InvalidRequest",
@@ -28,7 +43,12 @@ __all__ = [
     "InvalidTopic",
     "MeshtapError",
     "NotFound",
+    "NullCapture",
     "PayloadTooLarge",
+    "PublishRecord",
+    "SpanEventRecord",
+    "SpanLinkRecord",
+    "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
 ]

@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from runtime._capture import CaptureNotReady
 from runtime._config import RuntimeConfig, config_from_args
 from runtime._server import Runtime
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: cannot listen on {config.host}:{config.http_port}: {e}", file=sys.stderr)
         print("hint: pick another port with --http-port or MESHTAP_HTTP_PORT", file=sys.stderr)
         return 2
-    except ValueError as e:
+    except (ValueError, CaptureNotReady) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

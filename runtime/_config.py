@@ -24,6 +24,11 @@ class RuntimeConfig:
     claim_idle_ms: int = 30_000
     max_in_flight: int = 256
     retention_s: float = 3600.0
+    capture: str = "none"
+    capture_spool_dir: str = "var/spool"
+    redact_fields: tuple[str, ...] = ()
+    redact_extensions: tuple[str, ...] = ()
+    redaction_key: str = ""
     webhook_topics: Mapping[str, str] = field(default_factory=dict)
     """`/webhook/{name}` publishes to `webhook_topics[name]`, default `webhook.{name}`."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -37,6 +42,8 @@ class Option:
     help: str
     type: Any = str
     metavar: str | None = None
+    repeatable: bool = False
+    """Given several times (or comma-separated in the environment variable)."""
 
     @property
     def env(self) -> str:
@@ -81,11 +88,44 @@ OPTIONS: tuple[Option, ...] = (
         "SECONDS",
     ),
     Option(
+        "--capture",
+        "capture",
+        "record every event flow: chdb:///PATH (in-process ClickHouse), "
+        "clickhouse://HOST:9000/meshtap, or none",
+    ),
+    Option(
+        "--capture-spool-dir",
+        "capture_spool_dir",
+        "where capture batches wait while ClickHouse is unreachable",
+    ),
+    Option(
+        "--redact-field",
+        "redact_fields",
+        "data field path masked before capture, e.g. card.number or items.*.iban (repeatable)",
+        str,
+        "PATH",
+        True,
+    ),
+    Option(
+        "--redact-extension",
+        "redact_extensions",
+        "CloudEvents extension masked before capture, e.g. authorization (repeatable)",
+        str,
+        "NAME",
+        True,
+    ),
+    Option(
+        "--redaction-key",
+        "redaction_key",
+        "secret key of the hash that replaces masked values (equal values stay joinable)",
+    ),
+    Option(
         "--webhook-topic",
         "webhook_topics",
         "route the HTTP source /webhook/NAME to TOPIC (repeatable; default topic webhook.NAME)",
         str,
         "NAME=TOPIC",
+        True,
     ),
     Option("--instance", "instance", "name of this runtime instance (consumer name in the store)"),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR"),
@@ -111,6 +151,8 @@ def _shown_default(option: Option, defaults: RuntimeConfig) -> object:
         return "webhook.NAME"
     if option.field == "instance":
         return "HOSTNAME-PID"
+    if option.repeatable:
+        return "none"
     return getattr(defaults, option.field)
 
 
@@ -128,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
             "metavar": option.metavar,
             "help": f"{option.help} [env {option.env}, default {shown}]",
         }
-        if option.field == "webhook_topics":
+        if option.repeatable:
             kwargs["action"] = "append"
         else:
             kwargs["type"] = option.type
@@ -149,7 +191,7 @@ def config_from_args(
         if value is None and option.env in environ:
             raw = environ[option.env]
             try:
-                value = [raw] if option.field == "webhook_topics" else option.type(raw)
+                value = raw.split(",") if option.repeatable else option.type(raw)
             except ValueError:
                 parser.error(f"{option.env}={raw!r} is not a valid {option.type.__name__}")
         if value is None:
@@ -159,6 +201,8 @@ def config_from_args(
                 value = _parse_routes(value)
             except argparse.ArgumentTypeError as e:
                 parser.error(str(e))
+        elif option.repeatable:
+            value = tuple(v.strip() for item in value for v in item.split(",") if v.strip())
         values[option.field] = value
     if values.get("retention_s", 60) < 60:
         parser.error(

@@ -30,10 +30,11 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from runtime._capture import CaptureSink, DeliveryRecord, NullCapture
 from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
 from runtime._metrics import RuntimeMetrics
-from runtime._push import Outcome, Pusher
+from runtime._push import Outcome, Pusher, PushResult
 from runtime._subscriptions import Subscription
 from runtime._topics import dlq_topic, is_internal
 from runtime.stores import EventRef, Store, StoredEvent
@@ -388,6 +389,8 @@ class GroupWorker:
         for attempt in range(1, retry.max_attempts + 1):
             result = await self._d.pusher.push(subscription, items, attempt)
             metrics.attempt_duration.labels(group).observe(result.duration_s)
+            gives_up = result.outcome is Outcome.REJECTED or attempt == retry.max_attempts
+            self._record_attempt(subscription, batch, attempt, result, gives_up)
             if result.outcome is Outcome.ACKED:
                 now = time.time()
                 for stored in batch:
@@ -407,6 +410,40 @@ class GroupWorker:
                 await self._backoff(retry.backoff_ms(attempt))
         for stored in batch:
             await self._dead_letter(stored, subscription, reason, attempt)
+
+    def _record_attempt(
+        self,
+        subscription: Subscription,
+        batch: list[StoredEvent],
+        attempt: int,
+        result: PushResult,
+        gives_up: bool,
+    ) -> None:
+        if result.outcome is Outcome.ACKED:
+            outcome = "acked"
+        else:
+            outcome = "dead_lettered" if gives_up else "retry"
+        now_ns = time.time_ns()
+        capture = self._d.capture
+        for stored in batch:
+            published_ns = offset_key(stored.ref.offset)[0] * 1_000_000
+            capture.record_delivery(
+                DeliveryRecord(
+                    event_id=stored.event.id,
+                    topic=stored.ref.topic,
+                    group=subscription.group,
+                    subscription_id=subscription.id,
+                    subscriber=subscription.sink,
+                    attempt=attempt,
+                    outcome=outcome,
+                    status_code=result.status or 0,
+                    error=result.error,
+                    duration_ns=int(result.duration_s * 1e9),
+                    latency_ns=max(0, now_ns - published_ns),
+                    attempted_ns=now_ns,
+                    instance=self._d.consumer,
+                )
+            )
 
     async def _backoff(self, ceiling_ms: int) -> None:
         delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000
@@ -487,8 +524,10 @@ class Dispatcher:
         *,
         consumer: str,
         settings: DeliverySettings | None = None,
+        capture: CaptureSink | None = None,
     ) -> None:
         self.store = store
+        self.capture = capture or NullCapture()
         self.pusher = pusher
         self.metrics = metrics
         self.consumer = consumer

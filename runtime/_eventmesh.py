@@ -655,7 +655,9 @@ async def publish_path(request: web.Request) -> dict[str, Any]:
     event = _event(
         attributes, body, "the event built from the request headers", RetCode.PROTOCOL_HEADER_ERR
     )
-    (accepted,) = await request.app[MESH_KEY].publish(topic, [event])
+    (accepted,) = await request.app[MESH_KEY].publish(
+        topic, [event], producer=request.remote or "", protocol="eventmesh"
+    )
     return {
         "retCode": 0,
         "retMsg": _success_send(topic, accepted.id),
@@ -869,7 +871,9 @@ async def sdk_publish(request: web.Request, form: dict[str, Any]) -> str:
             "header 'protocoltype' is required with code 104: 'cloudevents' (content = a "
             "CloudEvent in JSON format) or 'eventmeshmessage' (topic + content)",
         )
-    (accepted,) = await request.app[MESH_KEY].publish(topic, [event])
+    (accepted,) = await request.app[MESH_KEY].publish(
+        topic, [event], producer=request.remote or "", protocol="eventmesh"
+    )
     return _success_send(topic, accepted.id)
 
 

@@ -100,7 +100,9 @@ async def publish(request: web.Request) -> web.Response:
     except MeshtapError:
         request.app[MESH_KEY].metrics.publish_rejected.labels("invalid").inc()
         raise
-    accepted = await request.app[MESH_KEY].publish(topic, events)
+    accepted = await request.app[MESH_KEY].publish(
+        topic, events, producer=request.remote or "", protocol="http"
+    )
     return web.json_response({"topic": topic, "accepted": [e.id for e in accepted]})
 
 
@@ -191,7 +193,9 @@ async def webhook_source(request: web.Request) -> web.Response:
     topic = config.webhook_topics.get(name, f"webhook.{name}")
     body = await read_body(request)
     event = request_to_event(request, body, name)
-    await request.app[MESH_KEY].publish(topic, [event])
+    await request.app[MESH_KEY].publish(
+        topic, [event], producer=request.remote or "", protocol="webhook"
+    )
     return web.json_response({"topic": topic, "accepted": [event.id]}, status=202)
 
 

@@ -6,8 +6,10 @@ these, so validation, stamping and metrics happen in exactly one place.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
+from runtime._capture import CaptureSink, NullCapture, PublishRecord
 from runtime._delivery import Dispatcher, pattern_covers
 from runtime._errors import InvalidTopic, SubscriptionNotFound
 from runtime._events import CloudEvent, stamp
@@ -18,13 +20,32 @@ from runtime.stores import Store
 
 
 class Mesh:
-    def __init__(self, store: Store, dispatcher: Dispatcher, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: Dispatcher,
+        metrics: RuntimeMetrics,
+        capture: CaptureSink | None = None,
+        instance: str = "",
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.metrics = metrics
+        self.capture = capture or NullCapture()
+        self.instance = instance
 
-    async def publish(self, topic: str, events: Sequence[CloudEvent]) -> list[CloudEvent]:
-        """Store `events` on `topic`; once this returns they are accepted (durable per store)."""
+    async def publish(
+        self,
+        topic: str,
+        events: Sequence[CloudEvent],
+        *,
+        producer: str = "",
+        protocol: str = "http",
+    ) -> list[CloudEvent]:
+        """Store `events` on `topic`; once this returns they are accepted (durable per store).
+
+        `producer` (who sent them) and `protocol` (how) are recorded by capture.
+        """
         validate_topic(topic)
         if is_internal(topic):
             raise InvalidTopic(
@@ -32,8 +53,17 @@ class Mesh:
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
             )
         stamped = [stamp(event) for event in events]
-        await self.store.append(topic, stamped)
+        published_ns = time.time_ns()
+        refs = await self.store.append(topic, stamped)
         self.metrics.published.labels(topic).inc(len(stamped))
+        self.capture.record_publish(
+            [
+                PublishRecord(
+                    event, topic, ref.offset, published_ns, producer, protocol, self.instance
+                )
+                for event, ref in zip(stamped, refs, strict=True)
+            ]
+        )
         if not self.dispatcher.knows_topic(topic):
             self.dispatcher.nudge()  # a new topic: let subscribers with matching patterns join now
         return stamped

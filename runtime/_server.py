@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from runtime._capture import CaptureConfig, CaptureSink, open_capture
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
 from runtime._errors import StoreUnavailable
@@ -36,11 +37,27 @@ def _bound_port(site: web.TCPSite) -> int:
 class Runtime:
     """One runtime instance. Many instances on one Redis form one mesh."""
 
-    def __init__(self, config: RuntimeConfig, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        store: Store | None = None,
+        capture: CaptureSink | None = None,
+    ) -> None:
         self.config = config
         self.store = store or open_store(config.store)
         self.metrics = RuntimeMetrics()
         self.pusher = Pusher(push_contracts())
+        self.capture = capture or open_capture(
+            CaptureConfig(
+                url=config.capture,
+                spool_dir=config.capture_spool_dir,
+                redact_fields=config.redact_fields,
+                redact_extensions=config.redact_extensions,
+                redaction_key=config.redaction_key,
+                instance=config.instance,
+            )
+        )
         # A unique consumer name per process start: a restarted instance must not inherit the
         # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
         consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
@@ -54,8 +71,11 @@ class Runtime:
                 max_in_flight=config.max_in_flight,
                 retention_ms=int(config.retention_s * 1000),
             ),
+            capture=self.capture,
         )
-        self.mesh = Mesh(self.store, self.dispatcher, self.metrics)
+        self.mesh = Mesh(
+            self.store, self.dispatcher, self.metrics, self.capture, instance=config.instance
+        )
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
 
@@ -64,6 +84,7 @@ class Runtime:
         return f"http://{self.config.host}:{self.http_port}"
 
     async def start(self) -> None:
+        await self.capture.start()  # CaptureNotReady says what to run; nothing else started yet
         try:
             await self.store.connect()
         except StoreUnavailable as e:
@@ -97,4 +118,5 @@ class Runtime:
             await self._runner.cleanup()
             self._runner = None
         await self.pusher.close()
+        await self.capture.close()
         await self.store.close()

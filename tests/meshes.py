@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from runtime._capture import CaptureSink
 from runtime._config import RuntimeConfig
 from runtime._server import Runtime
 
@@ -80,12 +81,12 @@ class Client:
 
 @asynccontextmanager
 async def running(
-    store: str = "memory://", **overrides: Any
+    store: str = "memory://", *, capture: CaptureSink | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[Runtime, Client]]:
     """A runtime on a free port with fast crash recovery, and a client for it."""
     settings: dict[str, Any] = {"http_port": 0, "store": store, "claim_idle_ms": 2_000}
     settings.update(overrides)
-    runtime = Runtime(RuntimeConfig(**settings))
+    runtime = Runtime(RuntimeConfig(**settings), capture=capture)
     await runtime.start()
     try:
         async with aiohttp.ClientSession() as session:
