@@ -18,8 +18,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
+# The embedded default records every event flow into chDB (in-process ClickHouse) under ./var.
+CAPTURE ?= chdb://$(CURDIR)/var/chdb
+
 run: venv
-	$(BIN)/python -m runtime $(ARGS)
+	$(BIN)/python -m runtime --capture $(CAPTURE) --capture-spool-dir $(CURDIR)/var/spool $(ARGS)
 
 services:
 	bash scripts/install-test-services.sh

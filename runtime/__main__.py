@@ -11,7 +11,22 @@ from collections.abc import Sequence
 
 from runtime._capture import CaptureNotReady
 from runtime._config import RuntimeConfig, config_from_args
+from runtime._errors import CannotListen
 from runtime._server import Runtime
+
+
+def _otlp_line(runtime: Runtime) -> str:
+    """Where applications send their own spans, when the OTLP receiver runs."""
+    otlp = runtime.otlp
+    if otlp is None:
+        return ""
+    host = runtime.config.host
+    endpoints = []
+    if otlp.http_port:
+        endpoints.append(f"OTEL_EXPORTER_OTLP_ENDPOINT=http://{host}:{otlp.http_port} (OTLP/HTTP)")
+    if otlp.grpc_port:
+        endpoints.append(f"http://{host}:{otlp.grpc_port} (OTLP/gRPC)")
+    return "Applications' own spans: " + " or ".join(endpoints) + "\n"
 
 
 def _next_steps(runtime: Runtime) -> str:
@@ -30,7 +45,8 @@ Try it:
   # 3. watch it flow
   curl -s {url}/metrics | grep meshtap_events
 
-Health: {url}/healthz  Readiness: {url}/readyz  Stop: Ctrl-C (drains in-flight deliveries)
+{_otlp_line(runtime)}Health: {url}/healthz  Readiness: {url}/readyz  \
+Stop: Ctrl-C (drains in-flight deliveries)
 """
 
 
@@ -60,11 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(config))
-    except OSError as e:
-        print(f"error: cannot listen on {config.host}:{config.http_port}: {e}", file=sys.stderr)
-        print("hint: pick another port with --http-port or MESHTAP_HTTP_PORT", file=sys.stderr)
-        return 2
-    except (ValueError, CaptureNotReady) as e:
+    except (ValueError, CaptureNotReady, CannotListen) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

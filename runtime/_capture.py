@@ -143,6 +143,11 @@ class CaptureSink(Protocol):
         """An OpenTelemetry TracerProvider exporting to the capture store, if the plugin has one."""
         ...
 
+    def collector(self) -> Any | None:
+        """A prometheus_client collector of the plugin's own metrics (rows written, spooled,
+        dropped ...), registered into the runtime's /metrics; None if it has none."""
+        ...
+
 
 class NullCapture:
     """`--capture none`: record nothing."""
@@ -163,6 +168,9 @@ class NullCapture:
         return None
 
     def tracer_provider(self) -> Any | None:
+        return None
+
+    def collector(self) -> Any | None:
         return None
 
 

@@ -29,6 +29,11 @@ class RuntimeConfig:
     redact_fields: tuple[str, ...] = ()
     redact_extensions: tuple[str, ...] = ()
     redaction_key: str = ""
+    capture_max_buffered: int = 1_000_000
+    span_sample_ratio: float = 1.0
+    otlp_export: str = ""
+    otlp_http_port: int = 4318
+    otlp_grpc_port: int = 4317
     webhook_topics: Mapping[str, str] = field(default_factory=dict)
     """`/webhook/{name}` publishes to `webhook_topics[name]`, default `webhook.{name}`."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -99,6 +104,26 @@ OPTIONS: tuple[Option, ...] = (
         "where capture batches wait while ClickHouse is unreachable",
     ),
     Option(
+        "--capture-max-buffered",
+        "capture_max_buffered",
+        "hard bound on capture rows held in memory and spool; beyond it rows are dropped "
+        "(counted in meshtap_capture_dropped_rows_total)",
+        int,
+    ),
+    Option(
+        "--span-sample-ratio",
+        "span_sample_ratio",
+        "share of traces whose runtime spans are kept (events and deliveries are always captured)",
+        float,
+    ),
+    Option(
+        "--otlp-export",
+        "otlp_export",
+        "also send the runtime's spans to this OTLP/HTTP endpoint, e.g. http://tempo:4318",
+        str,
+        "URL",
+    ),
+    Option(
         "--redact-field",
         "redact_fields",
         "data field path masked before capture, e.g. card.number or items.*.iban (repeatable)",
@@ -118,6 +143,20 @@ OPTIONS: tuple[Option, ...] = (
         "--redaction-key",
         "redaction_key",
         "secret key of the hash that replaces masked values (equal values stay joinable)",
+    ),
+    Option(
+        "--otlp-http-port",
+        "otlp_http_port",
+        "port of the OTLP/HTTP receiver (POST /v1/traces, protobuf or JSON) that puts "
+        "applications' own spans into the capture store; 0 = off (also off with --capture none)",
+        int,
+    ),
+    Option(
+        "--otlp-grpc-port",
+        "otlp_grpc_port",
+        "port of the OTLP/gRPC receiver (TraceService/Export) that puts applications' own spans "
+        "into the capture store; 0 = off (also off with --capture none)",
+        int,
     ),
     Option(
         "--webhook-topic",

@@ -37,6 +37,7 @@ from runtime._metrics import RuntimeMetrics
 from runtime._push import Outcome, Pusher, PushResult
 from runtime._subscriptions import Subscription
 from runtime._topics import dlq_topic, is_internal
+from runtime._tracing import MeshTracing, attempt_ids, end_span, trace_headers
 from runtime.stores import EventRef, Store, StoredEvent
 from runtime.stores._base import offset_key
 
@@ -379,18 +380,46 @@ class GroupWorker:
     async def push_until_settled(
         self, subscription: Subscription, batch: list[StoredEvent]
     ) -> None:
-        """Push (retrying with backoff) until acknowledged, else dead-letter every event."""
+        """Push (retrying with backoff) until acknowledged, else dead-letter every event.
+
+        Every attempt is a `process` span (`runtime._tracing`), current while the push runs and
+        sent along as the push's W3C `traceparent` header.
+        """
         metrics = self._d.metrics
+        tracing = self._d.tracing
         group = subscription.group
         items = [(stored.ref.topic, stored.event) for stored in batch]
         retry = subscription.retry
         reason = ""
         attempt = 0
         for attempt in range(1, retry.max_attempts + 1):
-            result = await self._d.pusher.push(subscription, items, attempt)
+            span = tracing.start_process(
+                group=group,
+                subscription_id=subscription.id,
+                subscription_topic=subscription.topic,
+                sink=subscription.sink,
+                items=items,
+                attempt=attempt,
+            )
+            try:
+                with tracing.activate(span):
+                    result = await self._d.pusher.push(
+                        subscription, items, attempt, trace_headers=trace_headers(span)
+                    )
+            except BaseException:
+                tracing.abandon_process(span)
+                raise
             metrics.attempt_duration.labels(group).observe(result.duration_s)
-            gives_up = result.outcome is Outcome.REJECTED or attempt == retry.max_attempts
-            self._record_attempt(subscription, batch, attempt, result, gives_up)
+            if result.outcome is Outcome.ACKED:
+                outcome = "acked"
+            elif result.outcome is Outcome.REJECTED or attempt == retry.max_attempts:
+                outcome = "dead_lettered"
+            else:
+                outcome = "retry"
+            tracing.end_process(span, outcome, result.status, result.error, result.error_type)
+            self._record_attempt(
+                subscription, batch, attempt, result, outcome, attempt_ids(span, items)
+            )
             if result.outcome is Outcome.ACKED:
                 now = time.time()
                 for stored in batch:
@@ -417,13 +446,11 @@ class GroupWorker:
         batch: list[StoredEvent],
         attempt: int,
         result: PushResult,
-        gives_up: bool,
+        outcome: str,
+        ids: tuple[str, str],
     ) -> None:
-        if result.outcome is Outcome.ACKED:
-            outcome = "acked"
-        else:
-            outcome = "dead_lettered" if gives_up else "retry"
         now_ns = time.time_ns()
+        trace_id, span_id = ids
         capture = self._d.capture
         for stored in batch:
             published_ns = offset_key(stored.ref.offset)[0] * 1_000_000
@@ -441,7 +468,9 @@ class GroupWorker:
                     duration_ns=int(result.duration_s * 1e9),
                     latency_ns=max(0, now_ns - published_ns),
                     attempted_ns=now_ns,
-                    instance=self._d.consumer,
+                    instance=self._d.instance,
+                    trace_id=trace_id,
+                    span_id=span_id,
                 )
             )
 
@@ -463,16 +492,30 @@ class GroupWorker:
             deadletterattempts=attempts,
         )
         target = dlq_topic(subscription.group)
+        span = self._d.tracing.start_dead_letter(
+            topic=stored.ref.topic,
+            event=stored.event,
+            group=subscription.group,
+            subscription_id=subscription.id,
+            dead_letter_topic=target,
+            reason=reason[:1000] or "unknown",
+            attempts=attempts,
+        )
         delay = 0.1
-        while True:
-            try:
-                await self._store.append(target, [letter])
-                break
-            except StoreUnavailable as e:
-                if self._d.draining:
-                    raise _Abandoned from e
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            while True:
+                try:
+                    await self._store.append(target, [letter])
+                    break
+                except StoreUnavailable as e:
+                    if self._d.draining:
+                        raise _Abandoned from e
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        except BaseException as e:
+            end_span(span, e)
+            raise
+        end_span(span)
         log.info(
             "event %s on %s dead-lettered to %s after %d attempt(s): %s",
             stored.event.id,
@@ -523,11 +566,15 @@ class Dispatcher:
         metrics: RuntimeMetrics,
         *,
         consumer: str,
+        instance: str = "",
         settings: DeliverySettings | None = None,
         capture: CaptureSink | None = None,
+        tracing: MeshTracing | None = None,
     ) -> None:
         self.store = store
+        self.instance = instance or consumer
         self.capture = capture or NullCapture()
+        self.tracing = tracing or MeshTracing()
         self.pusher = pusher
         self.metrics = metrics
         self.consumer = consumer

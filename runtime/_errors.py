@@ -8,11 +8,14 @@ The HTTP layer maps each class to one status code, so handlers never pick codes 
     │   ├── InvalidCloudEvent         400  malformed or incomplete CloudEvent
     │   ├── InvalidTopic              400  topic name or pattern breaks the naming rules
     │   ├── InvalidFilter             400  subscription filter expression is wrong
-    │   └── InvalidSubscription       400  bad sink URL, mode, retry policy ...
+    │   ├── InvalidSubscription       400  bad sink URL, mode, retry policy ...
+    │   └── InvalidOtlpRequest        400  an OTLP trace export the receiver cannot decode
+    │       └── UnsupportedOtlpEncoding  415  a Content-Type/-Encoding OTLP does not define
     ├── PayloadTooLarge               413  body over the configured limit
     ├── NotFound                      404
     │   └── SubscriptionNotFound      404
-    └── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
+    ├── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
+    └── CannotListen                       a listener's port cannot be bound (at start-up)
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ class InvalidSubscription(InvalidRequest):
     code = "invalid_subscription"
 
 
+class InvalidOtlpRequest(InvalidRequest):
+    """An OTLP export request that is not OTLP (answered 400 / gRPC INVALID_ARGUMENT)."""
+
+    code = "invalid_otlp_request"
+
+
+class UnsupportedOtlpEncoding(InvalidOtlpRequest):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class PayloadTooLarge(MeshtapError):
     status = 413
     code = "payload_too_large"
@@ -65,3 +79,9 @@ class StoreUnavailable(MeshtapError):
 
     status = 503
     code = "store_unavailable"
+
+
+class CannotListen(MeshtapError):
+    """A listener could not bind its port; the message names the flag that moves or disables it."""
+
+    code = "cannot_listen"

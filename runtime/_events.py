@@ -34,6 +34,10 @@ STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
 BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
 PARTITION_KEY: Final = "partitionkey"
 TRACEPARENT: Final = "traceparent"
+TRACESTATE: Final = "tracestate"
+_TRACEPARENT = re.compile(
+    r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S
+)
 _JSON_CONTENT_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$", re.I)
 
 
@@ -103,21 +107,58 @@ def now_rfc3339() -> str:
 def new_traceparent() -> str:
     """A fresh W3C traceparent (sampled) for events that arrive without trace context.
 
-    Ids need to be unique, not secret: `getrandbits` as in the OpenTelemetry SDK, which is far
-    cheaper per event than the OS entropy source.
+    Used when no tracer provider is configured (the OpenTelemetry API's no-op tracer has no span
+    context to offer); with one, the runtime stamps its publish span's context instead
+    (`runtime._tracing`). Ids need to be unique, not secret: `getrandbits` as in the
+    OpenTelemetry SDK, which is far cheaper per event than the OS entropy source.
     """
     trace_id = random.getrandbits(128) or 1
     span_id = random.getrandbits(64) or 1
-    return f"00-{trace_id:032x}-{span_id:016x}-01"
+    return format_traceparent(trace_id, span_id, 1)
 
 
-def stamp(event: CloudEvent) -> CloudEvent:
-    """Add `time` and `traceparent` when the producer did not set them."""
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The W3C `traceparent` (version 00) for these ids."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
+
+
+def parse_traceparent(value: object) -> tuple[int, int, int] | None:
+    """`(trace_id, span_id, flags)` of a W3C traceparent, or None when it is not a valid one.
+
+    Follows the W3C rules a receiver applies: lower-case hex, non-zero ids, version `ff`
+    refused, version 00 exactly 55 characters, later versions at least 55 with a `-` after the
+    flags (their extra fields are ignored).
+    """
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags_hex, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags_hex, 16)
+
+
+def stamp(
+    event: CloudEvent, traceparent: str | None = None, tracestate: str | None = None
+) -> CloudEvent:
+    """Add `time` and `traceparent` when the producer did not set them.
+
+    `traceparent`/`tracestate` are the creation context to stamp (the runtime's publish span);
+    without one a random traceparent is made. An event that already carries a `traceparent`
+    keeps it and its `tracestate` untouched: the extension is the producer's creation context.
+    """
     changes: dict[str, AttributeValue | None] = {}
     if "time" not in event.attributes:
         changes["time"] = now_rfc3339()
     if TRACEPARENT not in event.attributes:
-        changes[TRACEPARENT] = new_traceparent()
+        changes[TRACEPARENT] = traceparent or new_traceparent()
+        if traceparent and tracestate:
+            changes[TRACESTATE] = tracestate
     return event.with_attributes(**changes) if changes else event
 
 

@@ -27,7 +27,7 @@ from runtime._errors import (
 )
 from runtime._events import CloudEvent, from_http, now_rfc3339
 from runtime._mesh import Mesh
-from runtime._subscriptions import Subscription, parse_subscription
+from runtime._subscriptions import parse_subscription
 from runtime._topics import validate_topic
 
 log = logging.getLogger("meshtap.runtime.http")
@@ -109,26 +109,22 @@ async def publish(request: web.Request) -> web.Response:
 # -- subscriptions -------------------------------------------------------------------------
 
 
-def subscription_json(subscription: Subscription) -> dict[str, Any]:
-    return subscription.to_json()
-
-
 async def create_subscription(request: web.Request) -> web.Response:
     subscription = parse_subscription(await read_json(request))
     await request.app[MESH_KEY].subscribe(subscription)
-    response = web.json_response(subscription_json(subscription), status=201)
+    response = web.json_response(subscription.to_json(), status=201)
     response.headers["Location"] = f"/v1/subscriptions/{subscription.id}"
     return response
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
     found = await request.app[MESH_KEY].subscriptions()
-    return web.json_response({"subscriptions": [subscription_json(s) for s in found]})
+    return web.json_response({"subscriptions": [s.to_json() for s in found]})
 
 
 async def get_subscription(request: web.Request) -> web.Response:
     found = await request.app[MESH_KEY].get_subscription(request.match_info["id"])
-    return web.json_response(subscription_json(found))
+    return web.json_response(found.to_json())
 
 
 async def delete_subscription(request: web.Request) -> web.Response:

@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from runtime._capture import CaptureSink, NullCapture, PublishRecord
 from runtime._delivery import Dispatcher, pattern_covers
 from runtime._errors import InvalidTopic, SubscriptionNotFound
-from runtime._events import CloudEvent, stamp
+from runtime._events import CloudEvent
 from runtime._metrics import RuntimeMetrics
 from runtime._subscriptions import Subscription
 from runtime._topics import is_internal, validate_topic
+from runtime._tracing import MeshTracing, end_span
 from runtime.stores import Store
 
 
@@ -27,12 +28,14 @@ class Mesh:
         metrics: RuntimeMetrics,
         capture: CaptureSink | None = None,
         instance: str = "",
+        tracing: MeshTracing | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.capture = capture or NullCapture()
         self.instance = instance
+        self.tracing = tracing or MeshTracing()
 
     async def publish(
         self,
@@ -44,7 +47,9 @@ class Mesh:
     ) -> list[CloudEvent]:
         """Store `events` on `topic`; once this returns they are accepted (durable per store).
 
-        `producer` (who sent them) and `protocol` (how) are recorded by capture.
+        `producer` (who sent them) and `protocol` (how) are recorded by capture. The publish
+        span covers the store append; events without a `traceparent` are stamped with their
+        creation context from it (see `runtime._tracing`).
         """
         validate_topic(topic)
         if is_internal(topic):
@@ -52,9 +57,16 @@ class Mesh:
                 f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
             )
-        stamped = [stamp(event) for event in events]
+        span, stamped = self.tracing.start_publish(
+            topic, events, producer=producer, protocol=protocol
+        )
         published_ns = time.time_ns()
-        refs = await self.store.append(topic, stamped)
+        try:
+            refs = await self.store.append(topic, stamped)
+        except BaseException as e:
+            end_span(span, e)
+            raise
+        end_span(span)
         self.metrics.published.labels(topic).inc(len(stamped))
         self.capture.record_publish(
             [

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +24,7 @@ import aiohttp
 
 from runtime._events import BATCH_CONTENT_TYPE, CloudEvent, to_binary_http, to_json_object
 from runtime._subscriptions import Subscription
+from runtime._tracing import qualified_name
 
 
 class Outcome(enum.Enum):
@@ -39,6 +40,9 @@ class PushResult:
     status: int | None = None
     error: str = ""
     """Why the push did not succeed, in words fit for a dead-letter reason."""
+    error_type: str = ""
+    """The failure's class for the span's `error.type` (semconv): the HTTP status code, `timeout`,
+    the exception's qualified class name, or `_OTHER` (e.g. a 2xx reply the contract refused)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +116,19 @@ class Pusher:
             self._session = None
 
     async def push(
-        self, subscription: Subscription, items: Sequence[tuple[str, CloudEvent]], attempt: int
+        self,
+        subscription: Subscription,
+        items: Sequence[tuple[str, CloudEvent]],
+        attempt: int,
+        *,
+        trace_headers: Mapping[str, str] | None = None,
     ) -> PushResult:
-        """Push one event, or several in one request when the contract can batch."""
+        """Push one event, or several in one request when the contract can batch.
+
+        `trace_headers` (W3C `traceparent`/`tracestate` of the attempt's span) are added to the
+        request whatever the contract, so an instrumented subscriber continues the trace; they
+        replace a contract's own headers of the same name.
+        """
         assert self._session is not None, "Pusher.start() was not called"
         contract = self._contracts[subscription.protocol]
         if len(items) == 1:
@@ -123,25 +137,35 @@ class Pusher:
         else:
             assert isinstance(contract, CloudEventsContract), "only CloudEvents pushes batch"
             request = contract.batch_request(subscription, items, attempt)
+        headers = request.headers
+        if trace_headers:
+            headers = {**headers, **trace_headers}
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
         try:
             async with self._session.post(
                 subscription.sink,
                 data=request.body,
-                headers=request.headers,
+                headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
                 outcome, error = contract.judge(response.status, body)
-                return PushResult(outcome, time.perf_counter() - started, response.status, error)
+                status = response.status
+                error_type = ""
+                if outcome is not Outcome.ACKED:
+                    error_type = "_OTHER" if 200 <= status < 300 else str(status)
+                return PushResult(outcome, time.perf_counter() - started, status, error, error_type)
         except TimeoutError:
             error = f"sink did not answer within {subscription.timeout_ms} ms"
+            error_type = "timeout"
         except aiohttp.ClientConnectorError as e:
             error = f"cannot connect to sink {subscription.sink}: {e.os_error or e}"
+            error_type = qualified_name(e)
         except (aiohttp.ClientError, OSError) as e:
             error = f"push to sink {subscription.sink} failed: {type(e).__name__}: {e}"
+            error_type = qualified_name(e)
         except asyncio.CancelledError:
             raise
-        return PushResult(Outcome.RETRY, time.perf_counter() - started, None, error)
+        return PushResult(Outcome.RETRY, time.perf_counter() - started, None, error, error_type)

@@ -1,4 +1,5 @@
-"""A runtime instance: store + dispatcher + HTTP listener, with an orderly start and drain."""
+"""A runtime instance: store + dispatcher + HTTP listener (+ OTLP receiver), with an orderly
+start and drain."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import TracerProvider
 
-from runtime._capture import CaptureConfig, CaptureSink, open_capture
+from runtime._capture import CaptureConfig, CaptureSink, NullCapture, open_capture
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
-from runtime._errors import StoreUnavailable
+from runtime._errors import CannotListen, StoreUnavailable
 from runtime._http_api import build_app
 from runtime._mesh import Mesh
 from runtime._metrics import RuntimeMetrics
+from runtime._otlp import OtlpReceiver
 from runtime._push import CloudEventsContract, PushContract, Pusher
+from runtime._tracing import MeshTracing
 from runtime.stores import Store, open_store
 
 log = logging.getLogger("meshtap.runtime")
@@ -35,7 +39,11 @@ def _bound_port(site: web.TCPSite) -> int:
 
 
 class Runtime:
-    """One runtime instance. Many instances on one Redis form one mesh."""
+    """One runtime instance. Many instances on one Redis form one mesh.
+
+    Spans are made by `tracer_provider` if given, else by the capture plugin's provider, else by
+    the global one (`runtime._tracing`); the choice is made at `start`, once capture started.
+    """
 
     def __init__(
         self,
@@ -43,8 +51,11 @@ class Runtime:
         *,
         store: Store | None = None,
         capture: CaptureSink | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
+        self.tracing = MeshTracing(tracer_provider)
+        self._tracer_provider = tracer_provider
         self.store = store or open_store(config.store)
         self.metrics = RuntimeMetrics()
         self.pusher = Pusher(push_contracts())
@@ -55,9 +66,15 @@ class Runtime:
                 redact_fields=config.redact_fields,
                 redact_extensions=config.redact_extensions,
                 redaction_key=config.redaction_key,
+                max_buffered=config.capture_max_buffered,
+                span_sample_ratio=config.span_sample_ratio,
+                otlp_export=config.otlp_export,
                 instance=config.instance,
             )
         )
+        capture_metrics = getattr(self.capture, "collector", lambda: None)()
+        if capture_metrics is not None:
+            self.metrics.registry.register(capture_metrics)
         # A unique consumer name per process start: a restarted instance must not inherit the
         # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
         consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
@@ -66,18 +83,26 @@ class Runtime:
             self.pusher,
             self.metrics,
             consumer=consumer,
+            instance=config.instance,
             settings=DeliverySettings(
                 claim_idle_ms=config.claim_idle_ms,
                 max_in_flight=config.max_in_flight,
                 retention_ms=int(config.retention_s * 1000),
             ),
             capture=self.capture,
+            tracing=self.tracing,
         )
         self.mesh = Mesh(
-            self.store, self.dispatcher, self.metrics, self.capture, instance=config.instance
+            self.store,
+            self.dispatcher,
+            self.metrics,
+            self.capture,
+            instance=config.instance,
+            tracing=self.tracing,
         )
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
+        self.otlp: OtlpReceiver | None = None
 
     @property
     def http_url(self) -> str:
@@ -85,6 +110,14 @@ class Runtime:
 
     async def start(self) -> None:
         await self.capture.start()  # CaptureNotReady says what to run; nothing else started yet
+        self.tracing.use(self._tracer_provider or self.capture.tracer_provider())
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(drain_timeout_s=0)
+            raise
+
+    async def _start(self) -> None:
         try:
             await self.store.connect()
         except StoreUnavailable as e:
@@ -99,18 +132,45 @@ class Runtime:
         site = web.TCPSite(
             self._runner, self.config.host, self.config.http_port, reuse_address=True
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise CannotListen(
+                f"cannot listen on {self.config.host}:{self.config.http_port}: "
+                f"{e.strerror or e}; pick another port with --http-port (MESHTAP_HTTP_PORT)"
+            ) from e
         self.http_port = _bound_port(site)
+        self.tracing.set_server(self.config.host, self.http_port)
         log.info(
             "runtime %s listening on %s (store %s)",
             self.config.instance,
             self.http_url,
             self.store.url,
         )
+        await self._start_otlp()
+
+    async def _start_otlp(self) -> None:
+        config = self.config
+        if not (config.otlp_http_port or config.otlp_grpc_port):
+            return
+        if isinstance(self.capture, NullCapture):
+            log.info("OTLP receiver off: nothing would keep the spans with --capture none")
+            return
+        self.otlp = OtlpReceiver(
+            self.capture,
+            host=config.host,
+            http_port=config.otlp_http_port,
+            grpc_port=config.otlp_grpc_port,
+            max_payload_bytes=config.max_payload_bytes,
+        )
+        await self.otlp.start()
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting requests, drain in-flight deliveries, close everything."""
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self.otlp is not None:
+            await self.otlp.stop()
+            self.otlp = None
         if self._runner is not None:
             await self._runner.shutdown()
         await self.dispatcher.drain(timeout)

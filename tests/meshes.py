@@ -83,10 +83,21 @@ class Client:
 async def running(
     store: str = "memory://", *, capture: CaptureSink | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[Runtime, Client]]:
-    """A runtime on a free port with fast crash recovery, and a client for it."""
-    settings: dict[str, Any] = {"http_port": 0, "store": store, "claim_idle_ms": 2_000}
+    """A runtime on a free port with fast crash recovery, and a client for it.
+
+    The OTLP receiver is off unless a test asks for ports (fixed default ports would clash).
+    `tracer_provider` (an override) goes to the Runtime, not to its config.
+    """
+    settings: dict[str, Any] = {
+        "http_port": 0,
+        "store": store,
+        "claim_idle_ms": 2_000,
+        "otlp_http_port": 0,
+        "otlp_grpc_port": 0,
+    }
+    tracer_provider = overrides.pop("tracer_provider", None)
     settings.update(overrides)
-    runtime = Runtime(RuntimeConfig(**settings), capture=capture)
+    runtime = Runtime(RuntimeConfig(**settings), capture=capture, tracer_provider=tracer_provider)
     await runtime.start()
     try:
         async with aiohttp.ClientSession() as session:
@@ -115,7 +126,14 @@ class RuntimeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, timeout: float = 20.0) -> RuntimeProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The OTLP receiver's fixed default ports would clash between processes; tests that
+        # want it pass --otlp-*-port.
+        env = {
+            "MESHTAP_OTLP_HTTP_PORT": "0",
+            "MESHTAP_OTLP_GRPC_PORT": "0",
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runtime", "--http-port", str(self.port), *self.args],
             cwd=ROOT,

@@ -1,8 +1,38 @@
-"""Meshtap tracing: OpenTelemetry setup, the event-flow recorder and the ClickHouse store.
+"""Meshtap tracing: the event-flow recorder, its span exporter and the ClickHouse store.
 
-Depends on `runtime` (never the other way round); no Django here. Built out by the capture issue.
+Depends on `runtime` (never the other way round); no Django here.
+
+* :class:`ClickHouseCapture` -- the capture plugin the runtime loads for ``clickhouse://`` and
+  ``chdb://`` URLs (entry points ``meshtap.capture``): records publishes, delivery attempts
+  and spans into ClickHouse through a batch writer that spools while ClickHouse is away, and
+  provides the runtime's OpenTelemetry ``TracerProvider`` and Prometheus collector.
+* :class:`ClickHouseSpanExporter` -- an OpenTelemetry SDK span exporter into the same store
+  (``ClickHouseCapture.span_exporter()``).
+* :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and
+  extensions before anything is written.
+* :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
+
+Errors (the recorder's ``record_*`` and the exporter's ``export`` never raise; these come from
+construction and ``start``)::
+
+    ValueError                      a configuration the capture cannot use: URL scheme,
+    │                               options, sample ratio, OTLP endpoint -- raised when built
+    └── RedactionConfigError        redaction configured without a key, or a malformed path
+    runtime.CaptureNotReady         start(): the store cannot be used yet -- migrations
+                                    pending (names `manage.py migrate_clickhouse --url ...`),
+                                    chDB directory held by another process, spool not writable
+    tracing.clickhouse.ClickhouseError   the store's own errors, drawn in tracing.clickhouse
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from tracing._exporter import ClickHouseSpanExporter
+from tracing._recorder import ClickHouseCapture
+from tracing._redaction import RedactionConfigError, Redactor
+
+__all__ = [
+    "ClickHouseCapture",
+    "ClickHouseSpanExporter",
+    "RedactionConfigError",
+    "Redactor",
+]

@@ -1,0 +1,191 @@
+"""Capture cost and recorder ingest, each beside a baseline measured in the same run.
+
+    .venv/bin/python bench/capture_throughput.py [--events 200000] [--quick]
+
+1. Recorder ingest: PublishRecords handed to the ClickHouse capture plugin until every row is in
+   the `events` table of a ClickHouse server, versus a raw clickhouse-driver columnar insert of
+   the same rows (already converted, so the baseline pays nothing but the insert).
+   Aim: >= 100,000 events/s and >= 70% of raw.
+2. Runtime throughput with capture on versus off: the same runtime (Redis store, batch publish,
+   batched push) with `--capture clickhouse://...` and with `--capture none`.
+   Aim: on >= 90% of off.
+
+Servers are started fresh on free loopback ports (tests/servers.py). Figures are printed, not
+asserted: shared machines are noisy; compare the columns of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+from clickhouse_driver import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import runtime_throughput as rt  # noqa: E402
+
+from runtime import CaptureConfig, CloudEvent, PublishRecord  # noqa: E402
+from tests.meshes import RuntimeProcess  # noqa: E402
+from tests.servers import ClickHouseServer, RedisServer  # noqa: E402
+from tracing import ClickHouseCapture  # noqa: E402
+from tracing._rows import EVENTS, event_row  # noqa: E402
+from tracing.clickhouse import ClickHouse, migrate  # noqa: E402
+
+
+def records(count: int) -> list[PublishRecord]:
+    now = time.time_ns()
+    out = []
+    for i in range(count):
+        event = CloudEvent(
+            {
+                "specversion": "1.0",
+                "id": uuid.uuid4().hex,
+                "source": "/bench/orders",
+                "type": "order.created",
+                "time": "2026-11-26T12:00:00.000000Z",
+                "datacontenttype": "application/json",
+                "partitionkey": f"customer-{i % 1000}",
+                "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
+                "tenant": "acme",
+            },
+            b'{"order": %d, "items": [{"sku": "A-1", "qty": 2}], "note": "%s"}' % (i, b"x" * 200),
+        )
+        out.append(
+            PublishRecord(
+                event,
+                "orders.created",
+                f"{now // 1_000_000}-{i}",
+                now + i,
+                "10.0.0.1",
+                "http",
+                "bench",
+            )
+        )
+    return out
+
+
+async def recorder_ingest(url: str, spool: str, batch: list[PublishRecord]) -> float:
+    capture = ClickHouseCapture(CaptureConfig(url=url, spool_dir=spool, instance="bench"))
+    await capture.start()
+    started = time.perf_counter()
+    for offset in range(0, len(batch), 1000):
+        capture.record_publish(batch[offset : offset + 1000])
+        await asyncio.sleep(0)  # the runtime's loop keeps turning while the recorder writes
+    await capture.close()
+    return time.perf_counter() - started
+
+
+def raw_insert(server: ClickHouseServer, batch: list[PublishRecord]) -> float:
+    rows = [event_row(r) for r in batch]  # tuples in EVENTS.columns order
+    columns = list(EVENTS.columns)
+    data = [list(column) for column in zip(*rows, strict=True)]
+    client = Client("127.0.0.1", port=server.port)
+    client.execute("CREATE TABLE IF NOT EXISTS meshtap.events_raw AS meshtap.events")
+    started = time.perf_counter()
+    for offset in range(0, len(rows), 5000):
+        client.execute(
+            f"INSERT INTO meshtap.events_raw ({', '.join(columns)}) VALUES",
+            [col[offset : offset + 5000] for col in data],
+            columnar=True,
+        )
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    return elapsed
+
+
+def count(server: ClickHouseServer, table: str) -> int:
+    client = Client("127.0.0.1", port=server.port)
+    try:
+        return int(client.execute(f"SELECT count() FROM meshtap.{table}")[0][0])
+    finally:
+        client.disconnect()
+
+
+async def runtime_with_capture(redis_url: str, capture: str, total: int) -> rt.Result:
+    sub = rt.Subscriber()
+    process = RuntimeProcess(["--store", redis_url, "--capture", capture, "--log-level", "WARNING"])
+    await sub.start()
+    await process.start()
+    try:
+        sink = f"http://127.0.0.1:{sub.port}/events"
+        body = {
+            "topic": "cap.#",
+            "group": "g",
+            "sink": sink,
+            "batch": {"max_events": 100, "max_wait_ms": 5},
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{process.url}/v1/subscriptions", json=body) as r,
+        ):
+            assert r.status == 201, await r.text()
+        topic = f"cap.{uuid.uuid4().hex[:8]}"
+        await rt.warm_up(process.url, sub, topic)
+        return await rt.bench_batch(
+            process.url, sub, total, topic, f"capture {capture.split(':')[0]}"
+        )
+    finally:
+        await sub.stop()
+        process.signal(__import__("signal").SIGTERM)
+        await process.wait(60)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    total = 20_000 if args.quick else args.events
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ClickHouseServer(Path(tmp) / "ch").start()
+        redis_server = RedisServer(Path(tmp) / "redis").start()
+        try:
+            client = ClickHouse.open(server.url)
+            migrate(client)
+            client.close()
+            batch = records(total)
+            raw_s = raw_insert(server, batch)
+            rec_s = await recorder_ingest(server.url, str(Path(tmp) / "spool"), batch)
+            stored = count(server, "events")
+            e2e_total = max(5_000, total // 10)
+            off = await runtime_with_capture(redis_server.url, "none", e2e_total)
+            on = await runtime_with_capture(redis_server.url, server.url, e2e_total)
+        finally:
+            server.close()
+            redis_server.close()
+
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, clickhouse-server 18.16 (Debian), "
+        "redis-server with appendfsync always"
+    )
+    print(f"recorder ingest of {total:,} events into ClickHouse ({stored:,} rows stored):")
+    print(f"  {'Meshtap recorder':<34}{total / rec_s:>12,.0f} events/s")
+    print(
+        f"  {'raw clickhouse-driver insert':<34}{total / raw_s:>12,.0f} events/s"
+        f"   recorder = {raw_s / rec_s:.0%} of raw"
+    )
+    print(f"runtime end to end, batch publish + batched push, {e2e_total:,} events:")
+    for name, result in (("capture on (clickhouse)", on), ("capture off", off)):
+        print(
+            f"  {name:<34}{result.rate:>12,.0f} events/s   "
+            f"p50 {result.pct(0.5):.1f} ms  p99 {result.pct(0.99):.1f} ms"
+        )
+    print(f"  capture on = {on.rate / off.rate:.0%} of off")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

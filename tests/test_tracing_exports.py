@@ -1,0 +1,43 @@
+"""The `tracing` package's public surface is small and pinned (CONVENTIONS 2).
+
+Adding a name is a decision, so this test has to be edited with it. ``tracing.clickhouse``'s
+names are pinned in tests/test_clickhouse_store.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import entry_points
+
+from opentelemetry.sdk.trace.export import SpanExporter
+
+import tracing
+from runtime import CaptureConfig, CaptureSink
+
+
+def test_exported_names_are_pinned() -> None:
+    assert tracing.__all__ == [
+        "ClickHouseCapture",
+        "ClickHouseSpanExporter",
+        "RedactionConfigError",
+        "Redactor",
+    ]
+
+
+def test_every_export_is_documented_and_lives_in_a_private_module() -> None:
+    for name in tracing.__all__:
+        member = getattr(tracing, name)
+        assert inspect.getdoc(member), f"tracing.{name} has no docstring"
+        assert member.__module__.startswith("tracing._"), (name, member.__module__)
+
+
+def test_the_capture_is_the_runtimes_plugin_for_both_schemes() -> None:
+    plugins = {ep.name: ep.value for ep in entry_points(group="meshtap.capture")}
+    assert plugins == {
+        "clickhouse": "tracing:ClickHouseCapture",
+        "chdb": "tracing:ClickHouseCapture",
+    }
+    capture = tracing.ClickHouseCapture(CaptureConfig(url="clickhouse://127.0.0.1:9000/meshtap"))
+    assert isinstance(capture, CaptureSink)
+    assert issubclass(tracing.ClickHouseSpanExporter, SpanExporter)
+    assert issubclass(tracing.RedactionConfigError, ValueError)
