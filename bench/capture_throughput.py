@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import redis.asyncio as aioredis
 from clickhouse_driver import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +114,10 @@ def count(server: ClickHouseServer, table: str) -> int:
 
 
 async def runtime_with_capture(redis_url: str, capture: str, total: int) -> rt.Result:
+    # Each run starts from an empty Redis: subscriptions live there and would otherwise carry
+    # over to the next run, still pointing at the previous run's (stopped) subscriber.
+    async with aioredis.Redis.from_url(redis_url) as redis_client:
+        await redis_client.flushall()
     sub = rt.Subscriber()
     process = RuntimeProcess(["--store", redis_url, "--capture", capture, "--log-level", "WARNING"])
     await sub.start()
