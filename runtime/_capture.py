@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from runtime._errors import MeshtapError
 from runtime._events import CloudEvent
+from runtime._plugins import load_plugin, plugin_names
 
 
 class CaptureNotReady(MeshtapError):
@@ -175,20 +175,19 @@ class NullCapture:
 
 
 def capture_schemes() -> list[str]:
-    return sorted({"none", *(ep.name for ep in entry_points(group="meshtap.capture"))})
+    return sorted({"none", *plugin_names("meshtap.capture")})
 
 
 def open_capture(config: CaptureConfig) -> CaptureSink:
     """The capture plugin for `config.url` (not yet started)."""
     if config.url in ("", "none"):
         return NullCapture()
-    scheme = urlsplit(config.url).scheme
-    for ep in entry_points(group="meshtap.capture"):
-        if ep.name == scheme:
-            sink: CaptureSink = ep.load()(config)
-            return sink
-    raise ValueError(
-        f"unknown capture URL {config.url!r}: use one of "
-        f"{', '.join(s if s == 'none' else s + '://' for s in capture_schemes())} "
-        "(e.g. chdb:///var/lib/meshtap/chdb or clickhouse://127.0.0.1:9000/meshtap)"
-    )
+    factory = load_plugin("meshtap.capture", urlsplit(config.url).scheme)
+    if factory is None:
+        raise ValueError(
+            f"unknown capture URL {config.url!r}: use one of "
+            f"{', '.join(s if s == 'none' else s + '://' for s in capture_schemes())} "
+            "(e.g. chdb:///var/lib/meshtap/chdb or clickhouse://127.0.0.1:9000/meshtap)"
+        )
+    sink: CaptureSink = factory(config)
+    return sink
