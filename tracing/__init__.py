@@ -10,6 +10,9 @@ Depends on `runtime` (never the other way round); no Django here.
   (``ClickHouseCapture.span_exporter()``).
 * :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and
   extensions before anything is written.
+* the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
+  :func:`delivery_history`, :func:`topic_map` and their frozen inputs and results: what the
+  web admin and replay read.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
 
 Errors (the recorder's ``record_*`` and the exporter's ``export`` never raise; these come from
@@ -27,12 +30,60 @@ construction and ``start``)::
 from __future__ import annotations
 
 from tracing._exporter import ClickHouseSpanExporter
+from tracing._queries import (
+    delivery_history,
+    events_in_window,
+    search_traces,
+    topic_map,
+    trace_by_id,
+)
+from tracing._read_models import (
+    DeliveryAttempt,
+    EventRow,
+    EventWindow,
+    InvalidQuery,
+    Page,
+    ProducerTopic,
+    SpanEvent,
+    SpanLink,
+    TopicGroup,
+    TopicMap,
+    TopicStats,
+    TraceEvent,
+    TraceSearch,
+    TraceSpan,
+    TraceSummary,
+    TraceView,
+    parse_attribute_filter,
+)
 from tracing._recorder import ClickHouseCapture
 from tracing._redaction import RedactionConfigError, Redactor
 
 __all__ = [
     "ClickHouseCapture",
     "ClickHouseSpanExporter",
+    "DeliveryAttempt",
+    "EventRow",
+    "EventWindow",
+    "InvalidQuery",
+    "Page",
+    "ProducerTopic",
     "RedactionConfigError",
     "Redactor",
+    "SpanEvent",
+    "SpanLink",
+    "TopicGroup",
+    "TopicMap",
+    "TopicStats",
+    "TraceEvent",
+    "TraceSearch",
+    "TraceSpan",
+    "TraceSummary",
+    "TraceView",
+    "delivery_history",
+    "events_in_window",
+    "parse_attribute_filter",
+    "search_traces",
+    "topic_map",
+    "trace_by_id",
 ]
