@@ -22,13 +22,17 @@ from meshadmin.models import ReplayJob
 from replay import (
     Checkpoint,
     Command,
+    DiffReport,
+    DiffRules,
     HttpTarget,
     Progress,
+    ReplayError,
     ReplayJobStore,
     ReplayResult,
     ReplaySpec,
     Selection,
     dry_run,
+    outcome_diff,
     run_replay,
 )
 from runtime import CaptureConfig
@@ -150,3 +154,18 @@ def execute_job(
     )
     log.info("replay %s: %s", job.replay_id, result.to_json())
     return result
+
+
+def diff_job(job_id: int, rules: DiffRules) -> DiffReport:
+    """The outcome diff of a finished job, stored on its row (``diff_report``)."""
+    job = ReplayJob.objects.get(pk=job_id)
+    if job.started_at is None:
+        raise ReplayError(f"replay {job.replay_id} never ran; run it before diffing")
+    spec = ReplaySpec.from_json(job.spec)
+    since_ns = int(job.started_at.timestamp() * 1e9) - 60 * 1_000_000_000
+    with ClickHouse.open(clickhouse_url()) as client:
+        selection = dry_run(client, spec)
+        report = outcome_diff(client, selection, job.replay_id, since_ns=since_ns, rules=rules)
+    job.diff_report = report.to_json()
+    job.save(update_fields=["diff_report", "updated_at"])
+    return report

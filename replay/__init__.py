@@ -9,6 +9,8 @@
   mesh or another, through its HTTP API), checkpointed into a :class:`ReplayJobStore`
   (:class:`FileJobStore`, :class:`MemoryJobStore`; meshadmin keeps it in a Django row) with
   pause/resume/cancel; returns a :class:`ReplayResult`.
+* :func:`outcome_diff` -- what the system under test emitted in response to the replay vs
+  the original (:class:`DiffRules`, :class:`DiffReport`).
 * :class:`Pacer` -- the pacing engine on its own (original timing, scaled, fixed rate, as
   fast as possible, per-key order).
 
@@ -27,6 +29,7 @@ Errors (``_errors``)::
 
 from __future__ import annotations
 
+from replay._diff import DiffReport, DiffRules, FieldDiff, ResponseDiff, outcome_diff
 from replay._errors import (
     CapExceeded,
     InvalidSpec,
@@ -58,7 +61,10 @@ __all__ = [
     "CapExceeded",
     "Checkpoint",
     "Command",
+    "DiffReport",
+    "DiffRules",
     "DryRun",
+    "FieldDiff",
     "FileJobStore",
     "Filter",
     "HttpTarget",
@@ -75,12 +81,14 @@ __all__ = [
     "ReplayRefused",
     "ReplayResult",
     "ReplaySpec",
+    "ResponseDiff",
     "Selection",
     "Target",
     "TargetError",
     "TargetRejected",
     "TargetUnavailable",
     "dry_run",
+    "outcome_diff",
     "parse_time",
     "replayed_event",
     "replayed_id",

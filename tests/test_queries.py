@@ -1146,5 +1146,9 @@ def test_replayed_event_ids_finds_a_replays_events_on_its_topics(store: Store) -
     assert _queries.replayed_event_ids(store.client, "job-1", topics, A0) == {"r-1", "r-3"}
     assert _queries.replayed_event_ids(store.client, "job-1", topics[:1], 0) == {"r-0", "r-1"}
     assert _queries.replayed_event_ids(store.client, "job-1", [], 0) == set()
+    got = _queries.events_of_replay(store.client, "job-1", topics, 0)
+    assert [(e.event_id, e.replay_id) for e in got] == [("r-0", "job-1"), ("r-1", "job-1"),
+                                                        ("r-3", "job-1")]  # fmt: skip
+    assert _queries.events_of_replay(store.client, "job-1", [], 0) == []
     with pytest.raises(InvalidQuery, match="replay id"):
         _queries.replayed_event_ids(store.client, "", topics, 0)

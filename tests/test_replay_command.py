@@ -86,6 +86,15 @@ async def test_dry_run_then_replay_with_summary(migrated: Recorded, tmp_path: Pa
     assert "sent 30/30" in output
     assert "replaying" in output  # the progress bar
 
+    # Nothing consumes orders here, so nothing responded either time: a perfect score, stored.
+    job = output.split("replay ")[1].split()[0]
+    code, output = await manage(tmp_path, migrated, "replay_diff", job, "--ignore", "data.x")
+    assert code == 0, output
+    assert "30 triggers, matched 0, differing 0, missing 0, extra 0, score 1.000" in output
+    code, output = await manage(tmp_path, migrated, "replay_diff", "r-nope")
+    assert code == 1
+    assert "no replay job 'r-nope'" in output
+
 
 @pytest.mark.parametrize(
     ("extra", "complaint"),

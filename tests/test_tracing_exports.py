@@ -40,6 +40,7 @@ def test_exported_names_are_pinned() -> None:
         "delivery_history",
         "events_by_id",
         "events_in_window",
+        "events_of_replay",
         "events_of_traces",
         "parse_attribute_filter",
         "replayed_event_ids",

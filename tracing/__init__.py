@@ -12,8 +12,8 @@ Depends on `runtime` (never the other way round); no Django here.
   extensions before anything is written.
 * the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
   :func:`delivery_history`, :func:`topic_map`, and for replay :func:`events_by_id`,
-  :func:`events_of_traces`, :func:`replayed_event_ids`; and their frozen inputs and
-  results: what the web admin and replay read.
+  :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
+  their frozen inputs and results: what the web admin and replay read.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
 
 Errors (the recorder's ``record_*`` and the exporter's ``export`` never raise; these come from
@@ -35,6 +35,7 @@ from tracing._queries import (
     delivery_history,
     events_by_id,
     events_in_window,
+    events_of_replay,
     events_of_traces,
     replayed_event_ids,
     search_traces,
@@ -87,6 +88,7 @@ __all__ = [
     "delivery_history",
     "events_by_id",
     "events_in_window",
+    "events_of_replay",
     "events_of_traces",
     "parse_attribute_filter",
     "replayed_event_ids",

@@ -74,6 +74,7 @@ __all__ = [
     "delivery_history",
     "events_by_id",
     "events_in_window",
+    "events_of_replay",
     "events_of_traces",
     "replayed_event_ids",
     "search_traces",
@@ -350,6 +351,19 @@ WHERE topic IN %(topics)s
   AND published_at >= %(since_at)s
   AND published_ns >= %(since_ns)s
   AND replay_id = %(replay_id)s
+LIMIT %(limit)s
+"""
+
+# events ORDER BY (topic, published_ns, ...): as REPLAYED_EVENT_IDS, whole rows, in order.
+REPLAYED_EVENTS = f"""
+SELECT {_EVENT_COLUMNS}
+FROM meshtap.events
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s
+  AND published_ns >= %(since_ns)s
+  AND replay_id = %(replay_id)s
+ORDER BY published_ns, event_id, topic
+LIMIT 1 BY published_ns, event_id, topic
 LIMIT %(limit)s
 """
 
@@ -968,6 +982,26 @@ def replayed_event_ids(
         "limit": 10 * MAX_LOOKUP_IDS,
     }
     return {str(r[0]) for r in client.execute(REPLAYED_EVENT_IDS, params, purpose=Purpose.QUERY)}
+
+
+def events_of_replay(
+    client: ClickHouse, replay_id: str, topics: Sequence[str], since_ns: int
+) -> list[EventRow]:
+    """The events recorded with ``replay_id`` on ``topics`` since ``since_ns``, in publish
+    order (at most :data:`MAX_BATCH_SIZE`): a replay's events as the target mesh took them."""
+    if not isinstance(replay_id, str) or not replay_id:
+        raise InvalidQuery(f"replay id {replay_id!r} must be a non-empty string")
+    if not topics:
+        return []
+    params = {
+        "topics": tuple(sorted(set(topics))),
+        "since_ns": max(0, since_ns),
+        "since_at": _at(since_ns),
+        "replay_id": replay_id,
+        "limit": MAX_BATCH_SIZE,
+    }
+    rows = client.execute(REPLAYED_EVENTS, params, purpose=Purpose.QUERY, bytes_columns={"data"})
+    return [_event(row) for row in rows]
 
 
 # --- delivery_history -------------------------------------------------------------------------
