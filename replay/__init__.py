@@ -52,7 +52,7 @@ from replay._job import (
     run_replay,
 )
 from replay._pacing import Pacer, PacingReport
-from replay._select import DryRun, Selection, dry_run, select
+from replay._select import DryRun, Selection, dry_run, select, streaming_plan
 from replay._spec import SANDBOX_PREFIXES, Filter, Pacing, ReplaySpec, parse_time
 from replay._targets import HttpTarget, Target, replayed_event, replayed_id
 
@@ -94,4 +94,5 @@ __all__ = [
     "replayed_id",
     "run_replay",
     "select",
+    "streaming_plan",
 ]

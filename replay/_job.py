@@ -43,7 +43,15 @@ from opentelemetry.trace import Tracer
 
 from replay._errors import ReplayError
 from replay._pacing import Pacer, PacingReport, lane_of
-from replay._select import DryRun, OrderKey, Selection, dry_run, order_key, partition_of
+from replay._select import (
+    DryRun,
+    OrderKey,
+    Selection,
+    dry_run,
+    order_key,
+    partition_of,
+    streaming_plan,
+)
 from replay._spec import ReplaySpec
 from replay._targets import Target, replayed_event, replayed_id
 from tracing import EventRow, replayed_event_ids
@@ -269,13 +277,18 @@ async def run_replay(
 ) -> ReplayResult:
     """Run (or resume) the replay ``replay_id`` of ``spec`` into ``target``; see the module
     docstring. Errors of planning (:class:`InvalidSpec`, :class:`NoEventsMatched`, the guard)
-    are raised before anything is sent; a target failure ends the run with status ``failed``,
-    the reason and ``retryable``, its checkpoint saved for a resume."""
+    are raised before anything is sent. A fresh run whose guard one count query settles
+    (sandbox targets, the window's bound within ``max_events``) is sent while it is read;
+    otherwise, and on resume, the whole selection is read (the dry run) first. A target
+    failure ends the run with status ``failed``, the reason and ``retryable``, its checkpoint
+    saved for a resume."""
     job = job or MemoryJobStore()
+    previous = await asyncio.to_thread(job.load)
+    if selection is None and previous is None:
+        # A fresh run whose guard a count settles is sent while it is read.
+        selection = await asyncio.to_thread(streaming_plan, client, spec)
     if selection is None:
         selection = await asyncio.to_thread(dry_run, client, spec)
-    report = selection.report
-    previous = await asyncio.to_thread(job.load)
     if previous is not None and previous.replay_id != replay_id:
         raise ReplayError(
             f"the job's checkpoint belongs to replay {previous.replay_id!r}, not {replay_id!r}; "
@@ -346,7 +359,7 @@ async def run_replay(
             replay_id, lanes, tuple(high_water), sent_before + pacer.sent, started_ns
         )
         progress = Progress(
-            total=report.events,
+            total=selection.estimate if selection.streaming else selection.report.events,
             sent=sent_before + pacer.sent,
             skipped=skipped,
             failed=failed,
@@ -380,14 +393,17 @@ async def run_replay(
         status = "cancelled" if final_command is Command.CANCEL else "paused"
     else:
         status = "completed"
+    if selection.streaming and status == "completed":
+        selection.estimate = selection.report.events  # the stream is read: exact now
     checkpoint, progress = snapshot(status)
     await asyncio.to_thread(job.save, checkpoint, progress)
     if error is not None and not isinstance(error, Exception):
         raise error  # cancellation of the task itself
+    report = selection.report
     return ReplayResult(
         replay_id=replay_id,
         status=status,
-        total=report.events,
+        total=progress.total,
         sent=progress.sent,
         skipped=skipped,
         failed=failed,

@@ -22,10 +22,25 @@ from typing import Any, Final
 from replay._errors import CapExceeded, NoEventsMatched, ProductionTargetRefused
 from replay._pacing import Schedule
 from replay._spec import SANDBOX_PREFIXES, Filter, ReplaySpec
-from tracing import EventRow, EventWindow, events_by_id, events_in_window, events_of_traces
+from tracing import (
+    EventRow,
+    EventWindow,
+    count_events_in_window,
+    events_by_id,
+    events_in_window,
+    events_of_traces,
+)
 from tracing.clickhouse import ClickHouse
 
-__all__ = ["DryRun", "Selection", "dry_run", "order_key", "partition_of", "select"]
+__all__ = [
+    "DryRun",
+    "Selection",
+    "dry_run",
+    "order_key",
+    "partition_of",
+    "select",
+    "streaming_plan",
+]
 
 _PUSHDOWN: Final = frozenset({"type", "source", "subject", "id", "datacontenttype"})
 _BUCKETS: Final = 1_000_000
@@ -162,20 +177,83 @@ class DryRun:
         }
 
 
-class Selection:
-    """A checked selection: counted (the dry run), guarded, and ready to send.
+class _Tally:
+    """The dry run's figures, accumulated row by row."""
 
-    Built by :func:`dry_run`; the rows are kept when they fit in memory
-    (``_KEEP_IN_MEMORY_BYTES``), else :meth:`rows` streams them again.
+    def __init__(self, spec: ReplaySpec) -> None:
+        self.spec = spec
+        self.per_topic: Counter[str] = Counter()
+        self.keys: set[str] = set()
+        self.schedule = Schedule(spec.pacing)
+        self.first = self.last = self.count = self.size = 0
+        self.offset = 0.0
+
+    def add(self, row: EventRow) -> None:
+        self.count += 1
+        self.per_topic[row.topic] += 1
+        if row.partition_key:
+            self.keys.add(row.partition_key)
+        self.first = self.first or row.published_ns
+        self.last = row.published_ns
+        self.size += len(row.data)
+        self.offset = self.schedule.offset(row.published_ns)
+
+    def report(self) -> DryRun:
+        spec = self.spec
+        return DryRun(
+            spec_text=spec.describe(),
+            events=self.count,
+            per_topic=tuple(sorted(self.per_topic.items(), key=lambda kv: (-kv[1], kv[0]))),
+            target_topics=tuple((t, spec.target_topic(t)) for t in sorted(self.per_topic)),
+            distinct_keys=len(self.keys),
+            first_ns=self.first,
+            last_ns=self.last,
+            expected_duration_s=None if spec.pacing.as_fast_as_possible else self.offset,
+            data_bytes=self.size,
+        )
+
+
+def _no_events(spec: ReplaySpec) -> NoEventsMatched:
+    return NoEventsMatched(
+        f"no events matched the replay spec ({spec.describe()}); check the topics and the "
+        f"time range (times are UTC, [since, until)) and loosen filters"
+    )
+
+
+class Selection:
+    """A checked selection, ready to send.
+
+    From :func:`dry_run`: counted and guarded; the rows are kept when they fit in memory
+    (``_KEEP_IN_MEMORY_BYTES``), else :meth:`rows` streams them again. From
+    :func:`streaming_plan`: guarded by a bound (``estimate``), counted while it is sent
+    (``report`` is final once :meth:`rows` is exhausted).
     """
 
     def __init__(
-        self, client: ClickHouse, spec: ReplaySpec, report: DryRun, kept: list[EventRow] | None
+        self,
+        client: ClickHouse,
+        spec: ReplaySpec,
+        report: DryRun | None,
+        kept: list[EventRow] | None,
+        estimate: int = 0,
     ) -> None:
         self.client = client
         self.spec = spec
-        self.report = report
+        self._report = report
         self._kept = kept
+        self._tally = _Tally(spec) if report is None else None
+        self.estimate = report.events if report is not None else estimate
+
+    @property
+    def streaming(self) -> bool:
+        return self._tally is not None
+
+    @property
+    def report(self) -> DryRun:
+        if self._tally is not None:
+            return self._tally.report()
+        assert self._report is not None
+        return self._report
 
     @property
     def kept(self) -> bool:
@@ -185,50 +263,62 @@ class Selection:
     def rows(self) -> Iterator[EventRow]:
         if self._kept is not None:
             return iter(self._kept)
+        if self._tally is not None:
+            return self._tallied(self._tally)
         return select(self.client, self.spec)
+
+    def _tallied(self, tally: _Tally) -> Iterator[EventRow]:
+        for row in select(self.client, self.spec):
+            tally.add(row)
+            yield row
+        if not tally.count:
+            raise _no_events(self.spec)
 
     @property
     def target_topics(self) -> list[str]:
         return sorted({t for _, t in self.report.target_topics})
 
 
+def streaming_plan(client: ClickHouse, spec: ReplaySpec) -> Selection | None:
+    """A selection that is sent while it is read, when the guard can be settled without
+    reading it: every target topic is a sandbox one (or production is allowed) and one count
+    query bounds the selection within ``max_events``. ``None`` when not (then
+    :func:`dry_run`). Raises :class:`NoEventsMatched` when the window holds nothing."""
+    sandbox = spec.to_prefix.startswith(SANDBOX_PREFIXES)
+    if spec.event_ids or spec.trace_ids or not (sandbox or spec.allow_production):
+        return None
+    bound = count_events_in_window(client, _window(spec))
+    if spec.limit is not None:
+        bound = min(bound, spec.limit)
+    if bound == 0:
+        raise _no_events(spec)
+    if bound > spec.max_events:
+        return None
+    return Selection(client, spec, None, None, estimate=bound)
+
+
 def dry_run(client: ClickHouse, spec: ReplaySpec, *, keep: bool = True) -> Selection:
     """Read the selection once: counts per topic, distinct keys, first/last time, expected
     duration. Raises :class:`NoEventsMatched` (the spec echoed), and the guard's
     :class:`ProductionTargetRefused` / :class:`CapExceeded` -- before anything is sent."""
-    per_topic: Counter[str] = Counter()
-    keys: set[str] = set()
-    schedule = Schedule(spec.pacing)
-    first = last = 0
-    count = size = 0
+    tally = _Tally(spec)
     kept: list[EventRow] | None = [] if keep else None
-    offset = 0.0
     for row in select(client, spec):
-        count += 1
-        if count > spec.max_events:
+        if tally.count >= spec.max_events:
             raise CapExceeded(
                 f"the replay selects more than max_events={spec.max_events} events "
                 f"({spec.describe()}); narrow the selection (filters, sample, limit) or raise "
                 f"max_events (--max-events) explicitly. Nothing was sent."
             )
-        per_topic[row.topic] += 1
-        if row.partition_key:
-            keys.add(row.partition_key)
-        first = first or row.published_ns
-        last = row.published_ns
-        size += len(row.data)
-        offset = schedule.offset(row.published_ns)
+        tally.add(row)
         if kept is not None:
             kept.append(row)
-            if size > _KEEP_IN_MEMORY_BYTES:
+            if tally.size > _KEEP_IN_MEMORY_BYTES:
                 kept = None
-    if not count:
-        raise NoEventsMatched(
-            f"no events matched the replay spec ({spec.describe()}); check the topics and the "
-            f"time range (times are UTC, [since, until)) and loosen filters"
-        )
-    targets = tuple((t, spec.target_topic(t)) for t in sorted(per_topic))
-    outside = [target for _, target in targets if not target.startswith(SANDBOX_PREFIXES)]
+    if not tally.count:
+        raise _no_events(spec)
+    report = tally.report()
+    outside = [t for _, t in report.target_topics if not t.startswith(SANDBOX_PREFIXES)]
     if outside and not spec.allow_production:
         raise ProductionTargetRefused(
             f"target topics {outside[:5]} are not under a sandbox prefix "
@@ -236,15 +326,4 @@ def dry_run(client: ClickHouse, spec: ReplaySpec, *, keep: bool = True) -> Selec
             f"allow_production=True (--allow-production) if writing there is intended. "
             f"Nothing was sent."
         )
-    report = DryRun(
-        spec_text=spec.describe(),
-        events=count,
-        per_topic=tuple(sorted(per_topic.items(), key=lambda kv: (-kv[1], kv[0]))),
-        target_topics=targets,
-        distinct_keys=len(keys),
-        first_ns=first,
-        last_ns=last,
-        expected_duration_s=None if spec.pacing.as_fast_as_possible else offset,
-        data_bytes=size,
-    )
     return Selection(client, spec, report, kept)

@@ -1152,3 +1152,14 @@ def test_replayed_event_ids_finds_a_replays_events_on_its_topics(store: Store) -
     assert _queries.events_of_replay(store.client, "job-1", [], 0) == []
     with pytest.raises(InvalidQuery, match="replay id"):
         _queries.replayed_event_ids(store.client, "", topics, 0)
+
+
+def test_count_events_in_window_bounds_the_stream(loaded: Store) -> None:
+    for topics, attributes in [(("#",), {}), (("orders.#",), {"partitionkey": "customer-8"}),
+                               (("_dlq.#", "payments.#"), {}), (("nothing",), {})]:  # fmt: skip
+        w = window(*topics, attributes=attributes)
+        assert _queries.count_events_in_window(loaded.client, w) == len(
+            list(events_in_window(loaded.client, w))
+        )
+    with pytest.raises(InvalidQuery, match="expected an EventWindow"):
+        _queries.count_events_in_window(loaded.client, "orders.#")  # type: ignore[arg-type]

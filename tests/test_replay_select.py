@@ -20,6 +20,7 @@ from replay import (
     ReplaySpec,
     dry_run,
     select,
+    streaming_plan,
 )
 from tests.servers import ClickHouseServer
 from tests.test_queries import MS, T0, S, dt, event, insert, ns
@@ -167,3 +168,26 @@ def test_big_selections_stream_again_instead_of_being_kept(client: ClickHouse) -
     selection = dry_run(client, spec(), keep=False)
     assert not selection.kept
     assert [r.event_id for r in selection.rows()] == ids(client)
+
+
+def test_streaming_plan_when_a_count_settles_the_guard(client: ClickHouse) -> None:
+    selection = streaming_plan(client, spec())
+    assert selection is not None
+    assert selection.streaming
+    assert selection.estimate == 41  # the bound: the replayed r-1 is still counted
+    assert [r.event_id for r in selection.rows()] == ids(client)
+    assert selection.report == dry_run(client, spec()).report  # tallied while read
+    assert streaming_plan(client, spec(limit=7)).estimate == 7  # type: ignore[union-attr]
+    # Not settled by a count: production targets, a bound above the cap, id lists.
+    assert streaming_plan(client, spec(to_prefix="")) is None
+    assert streaming_plan(client, spec(to_prefix="", allow_production=True)) is not None
+    assert streaming_plan(client, spec(max_events=40)) is None  # 41 > 40, the dry run decides
+    assert streaming_plan(client, spec(event_ids=("o-01",))) is None
+    with pytest.raises(NoEventsMatched, match="no events matched"):
+        streaming_plan(client, spec(topics=("nothing.here",)))
+    with pytest.raises(NoEventsMatched, match="filter=type=nothing"):
+        streaming_plan(client, spec(filters=("type=nothing",)))  # pushed down, counted
+    emptied = streaming_plan(client, spec(filters=("type~=^nothing$",)))  # only known when read
+    assert emptied is not None
+    with pytest.raises(NoEventsMatched, match=r"filter=type~=\^nothing\$"):
+        list(emptied.rows())

@@ -61,6 +61,7 @@ def test_exported_names_are_pinned() -> None:
         "replayed_id",
         "run_replay",
         "select",
+        "streaming_plan",
     ]
     for name in replay.__all__:
         member = getattr(replay, name)

@@ -37,6 +37,7 @@ def test_exported_names_are_pinned() -> None:
         "TraceSpan",
         "TraceSummary",
         "TraceView",
+        "count_events_in_window",
         "delivery_history",
         "events_by_id",
         "events_in_window",

@@ -12,6 +12,7 @@ Depends on `runtime` (never the other way round); no Django here.
   extensions before anything is written.
 * the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
   :func:`delivery_history`, :func:`topic_map`, and for replay :func:`events_by_id`,
+  :func:`count_events_in_window`,
   :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
   their frozen inputs and results: what the web admin and replay read.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from tracing._exporter import ClickHouseSpanExporter
 from tracing._queries import (
+    count_events_in_window,
     delivery_history,
     events_by_id,
     events_in_window,
@@ -85,6 +87,7 @@ __all__ = [
     "TraceSpan",
     "TraceSummary",
     "TraceView",
+    "count_events_in_window",
     "delivery_history",
     "events_by_id",
     "events_in_window",

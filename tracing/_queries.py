@@ -71,6 +71,7 @@ __all__ = [
     "MAX_TRACE_DELIVERIES",
     "MAX_TRACE_EVENTS",
     "MAX_TRACE_SPANS",
+    "count_events_in_window",
     "delivery_history",
     "events_by_id",
     "events_in_window",
@@ -366,6 +367,17 @@ ORDER BY published_ns, event_id, topic
 LIMIT 1 BY published_ns, event_id, topic
 LIMIT %(limit)s
 """
+
+# events ORDER BY (topic, published_ns, ...): as the slices of EVENTS_IN_SLICE, counted.
+_COUNT_TEMPLATE = """
+SELECT count()
+FROM meshtap.events
+PREWHERE published_ns >= %(since_ns)s AND published_ns < %(until_ns)s
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s AND published_at <= %(until_at)s{attributes}
+"""
+COUNT_EVENTS_IN_WINDOW = _COUNT_TEMPLATE.format(attributes="")
+COUNT_EVENTS_IN_WINDOW_WITH_ATTRIBUTES = _COUNT_TEMPLATE.format(attributes=_EVENT_HAS_ATTRIBUTES)
 
 # --- topic map --------------------------------------------------------------------------------
 
@@ -956,6 +968,23 @@ def events_of_traces(
     }
     rows = client.execute(EVENTS_OF_TRACES, params, purpose=Purpose.QUERY, bytes_columns={"data"})
     return [e for e in map(_event, rows) if _has_attributes(e, window.attributes)]
+
+
+def count_events_in_window(client: ClickHouse, window: EventWindow) -> int:
+    """How many events :func:`events_in_window` yields for ``window`` -- at most: one
+    aggregate query, no rows moved; a row recorded twice (a replayed spool batch) counts
+    twice. Replay uses it as a cheap bound before streaming a window."""
+    if not isinstance(window, EventWindow):
+        raise InvalidQuery(f"expected an EventWindow, got {type(window).__name__}")
+    topics = _resolve_topics(client, window.topics, window.since_ns, window.until_ns)
+    if not topics:
+        return 0
+    params: dict[str, Any] = {**_window_params(window.since_ns, window.until_ns), "topics": topics}
+    query = COUNT_EVENTS_IN_WINDOW
+    if window.attributes:
+        query = COUNT_EVENTS_IN_WINDOW_WITH_ATTRIBUTES
+        params["attributes"] = [f"{k}\0{v}" for k, v in window.attributes]
+    return int(client.execute(query, params, purpose=Purpose.QUERY)[0][0])
 
 
 def _has_attributes(event: EventRow, wanted: Sequence[tuple[str, str]]) -> bool:
