@@ -87,7 +87,7 @@ class Checkpoint:
     lanes: int
     high_water: tuple[OrderKey | None, ...]
     sent: int
-    """Events acknowledged by the target, over every run of the job."""
+    """Events in the target, over every run of the job."""
     started_ns: int
     """Wall time the job first sent (bounds the reconciliation lookup)."""
 
@@ -120,9 +120,13 @@ class Checkpoint:
 @dataclass(frozen=True, slots=True)
 class Progress:
     total: int
+    """Events selected (while a streamed selection is read: the count query's bound)."""
     sent: int
+    """Events in the target, this run's and earlier runs' of the job."""
     skipped: int
+    """Events this run did not send because an earlier run had."""
     failed: int
+    """Events in batches the target did not take."""
     elapsed_s: float
     status: str = "running"
 
@@ -303,7 +307,6 @@ async def run_replay(
         list(previous.high_water) if previous is not None else [None] * lanes
     )
     started_ns = previous.started_ns if previous is not None else time.time_ns()
-    sent_before = previous.sent if previous is not None else 0
 
     already: set[str] = set()
     if previous is not None and reconcile is not None:
@@ -360,11 +363,13 @@ async def run_replay(
 
     def snapshot(status: str) -> tuple[Checkpoint, Progress]:
         checkpoint = Checkpoint(
-            replay_id, lanes, tuple(high_water), sent_before + pacer.sent, started_ns
+            replay_id, lanes, tuple(high_water), skipped + pacer.sent, started_ns
         )
         progress = Progress(
             total=selection.estimate if selection.streaming else selection.report.events,
-            sent=sent_before + pacer.sent,
+            # In the target: what this run sent, plus what it skipped as sent before (by the
+            # checkpoint or found by the reconciliation).
+            sent=skipped + pacer.sent,
             skipped=skipped,
             failed=failed,
             elapsed_s=loop.time() - began,

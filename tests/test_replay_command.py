@@ -154,3 +154,38 @@ async def test_the_celery_task_runs_a_job(migrated: Recorded, tmp_path: Path) ->
     assert code == 0, output
     assert f"STATE SUCCESS completed {N} {N} completed" in output
     assert len(await migrated.sink.wait_for(N)) == N
+
+
+async def test_a_killed_replay_command_resumes_without_duplicates(
+    migrated: Recorded, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "MESHTAP_VAR_DIR": str(tmp_path),
+        "MESHTAP_CLICKHOUSE_URL": migrated.url,
+        "MESHTAP_RUNTIME_URL": migrated.runtime.http_url,
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "manage.py", "replay", *window(migrated), "--speed", "60/s",
+        "--no-progress", cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert process.stdout is not None
+    first = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+    job = first.split("replay ")[1].split()[0]
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(migrated.sink.pushes) < N // 3:
+        assert asyncio.get_running_loop().time() < deadline, first
+        await asyncio.sleep(0.05)
+    process.kill()  # SIGKILL, mid-replay
+    await process.wait()
+    assert len(migrated.sink.pushes) < N
+
+    code, output = await manage(tmp_path, migrated, "replay", "--resume", job, "--no-progress")
+    assert code == 0, output
+    assert f"completed  sent {N}/{N}" in output
+    await migrated.sink.wait_for(N)
+    await asyncio.sleep(1.0)
+    originals = sorted(p.attributes["replayoriginalid"] for p in migrated.sink.pushes)
+    assert originals == sorted(f"o-{n:03d}" for n in range(N))  # each exactly once
