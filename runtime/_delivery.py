@@ -34,7 +34,8 @@ from runtime._capture import CaptureSink, DeliveryRecord, NullCapture
 from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
 from runtime._metrics import RuntimeMetrics
-from runtime._push import Outcome, Pusher, PushResult
+from runtime._push import Outcome, Pusher, PushResult, SubscriberGone
+from runtime._streams import served_here
 from runtime._subscriptions import Subscription
 from runtime._topics import dlq_topic, is_internal
 from runtime._tracing import MeshTracing, attempt_ids, end_span, trace_headers
@@ -309,7 +310,7 @@ class GroupWorker:
                 finally:
                     self._d.metrics.in_flight.dec()
             settled = True
-        except _Abandoned:
+        except (_Abandoned, SubscriberGone):
             pass
         except Exception:
             log.exception("delivery of %s to %s failed unexpectedly", stored.ref, self.group_key)
@@ -634,6 +635,8 @@ class Dispatcher:
         by_key: dict[str, list[Subscription]] = {}
         for document in documents.values():
             subscription = Subscription.from_document(document)
+            if not served_here(subscription, self.consumer):
+                continue  # a gRPC stream of another instance: that instance delivers to it
             by_key.setdefault(subscription.group_key, []).append(subscription)
         for group_key, subscriptions in by_key.items():
             matched = [t for t in topics if any(pattern_covers(s, t) for s in subscriptions)]

@@ -44,6 +44,7 @@ class Mesh:
         *,
         producer: str = "",
         protocol: str = "http",
+        internal_ok: bool = False,
     ) -> list[CloudEvent]:
         """Store `events` on `topic`; once this returns they are accepted (durable per store).
 
@@ -52,7 +53,7 @@ class Mesh:
         creation context from it (see `runtime._tracing`).
         """
         validate_topic(topic)
-        if is_internal(topic):
+        if is_internal(topic) and not internal_ok:  # internal_ok: the runtime's own (replies)
             raise InvalidTopic(
                 f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
