@@ -92,9 +92,10 @@ def status_event(code: str, message: str, base: PbCloudEvent | None = None) -> P
     value = PbCloudEvent.CloudEventAttributeValue
     reply.attributes["statuscode"].CopyFrom(value(ce_string=code))
     reply.attributes["responsemessage"].CopyFrom(value(ce_string=message))
-    stamp = Timestamp()
-    stamp.FromDatetime(datetime.now(UTC))
-    reply.attributes["time"].CopyFrom(value(ce_timestamp=stamp))
+    if "time" not in reply.attributes:  # a reply event keeps its own time
+        stamp = Timestamp()
+        stamp.FromDatetime(datetime.now(UTC))
+        reply.attributes["time"].CopyFrom(value(ce_timestamp=stamp))
     return reply
 
 
