@@ -408,12 +408,15 @@ class GrpcApi:
                 protocol="grpc",
             )
             await self._mesh.subscribe(subscription)
-            session.subscription_ids.append(subscription.id)
+            session.subscription_ids.append((subscription.id, item.mode == "clustering"))
 
     async def _unsubscribe_session(self, session: StreamSession) -> None:
-        for subscription_id in session.subscription_ids:
+        """A clustering group keeps its place in the store when its stream goes (a consumer
+        that reconnects gets what was published meanwhile); a broadcast subscriber's own
+        group goes with it."""
+        for subscription_id, durable in session.subscription_ids:
             with contextlib.suppress(NotFound, StoreUnavailable):
-                await self._mesh.unsubscribe(subscription_id)
+                await self._mesh.unsubscribe(subscription_id, keep_group=durable)
 
     async def _read_stream(
         self, session: StreamSession, requests: AsyncIterator[PbCloudEvent], context: Any

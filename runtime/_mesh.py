@@ -99,13 +99,19 @@ class Mesh:
             )
         return Subscription.from_document(documents[subscription_id])
 
-    async def unsubscribe(self, subscription_id: str) -> Subscription:
+    async def unsubscribe(self, subscription_id: str, *, keep_group: bool = False) -> Subscription:
+        """Remove a subscription. `keep_group` keeps its group's place in the store even when it
+        was the group's last subscription (a gRPC stream that went away: when the group comes
+        back it gets what was published meanwhile)."""
         document = await self.store.delete_subscription(subscription_id)
         if document is None:
             raise SubscriptionNotFound(
                 f"no subscription with id {subscription_id!r}; GET /v1/subscriptions lists them"
             )
         removed = Subscription.from_document(document)
+        if keep_group:
+            self.dispatcher.nudge()
+            return removed
         remaining = await self.subscriptions()
         if not any(s.group_key == removed.group_key for s in remaining):
             # Nobody consumes for this group key any more: drop its consumer groups so its

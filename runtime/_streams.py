@@ -55,7 +55,8 @@ class StreamSession:
     ack_mode: AckMode
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     outbox: asyncio.Queue[PbCloudEvent | None] = field(default_factory=asyncio.Queue)
-    subscription_ids: list[str] = field(default_factory=list)
+    subscription_ids: list[tuple[str, bool]] = field(default_factory=list)
+    """(subscription id, whether its group outlives the stream)."""
     closed: bool = False
     _waiting: dict[str, asyncio.Future[tuple[bool, str]]] = field(default_factory=dict)
     _tags: itertools.count[int] = field(default_factory=itertools.count)

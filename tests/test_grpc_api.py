@@ -220,6 +220,29 @@ async def test_events_left_unacked_by_a_closed_stream_go_to_another_subscriber()
     assert sorted(set(kept)) == sorted(ids)
 
 
+async def test_a_clustering_group_gets_what_was_published_while_its_stream_was_away() -> None:
+    async with running(grpc=True) as (runtime, client):
+        api = Api(runtime.grpc_target)
+        try:
+            first = api.stream()
+            await first.open(subscription("billing", "orders.#", ackmode="explicit"))
+            await asyncio.sleep(0.3)
+            await client.publish("orders.created", event("before"))
+            await first.ack(await first.next_event())
+            await first.close()
+            await asyncio.sleep(0.3)
+            ids = await client.publish("orders.created", event("gap-1"), event("gap-2"))
+            back = api.stream()
+            await back.open(subscription("billing", "orders.#", ackmode="explicit"))
+            got = await back.events(2)
+            for message in got:
+                await back.ack(message)
+            await back.close()
+        finally:
+            await api.close()
+    assert [m.id for m in got] == ids
+
+
 async def test_webhook_subscribe_unsubscribe_and_heartbeat(sink: RecordingSink) -> None:
     async with running(grpc=True) as (runtime, _client):
         api = Api(runtime.grpc_target)
