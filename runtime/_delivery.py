@@ -182,7 +182,7 @@ class _Batcher:
         error: BaseException | None = None
         try:
             await self._worker.push_until_settled(self._subscription, [s for s, _ in batch])
-        except _Abandoned as e:
+        except (_Abandoned, SubscriberGone) as e:
             error = e
         except Exception as e:
             log.exception("batch push to %s failed unexpectedly", self._subscription.sink)
@@ -192,7 +192,9 @@ class _Batcher:
                 if error is None:
                     future.set_result(None)
                 else:
-                    future.set_exception(_Abandoned() if isinstance(error, _Abandoned) else error)
+                    future.set_exception(
+                        type(error)() if isinstance(error, _Abandoned | SubscriberGone) else error
+                    )
 
 
 class GroupWorker:
@@ -370,7 +372,7 @@ class GroupWorker:
                 0,
             )
             return
-        if subscription.batch.max_events > 1 and subscription.protocol == "cloudevents":
+        if subscription.batch.max_events > 1 and subscription.protocol != "eventmesh":
             batcher = self._batchers.get(subscription.id)
             if batcher is None:
                 batcher = self._batchers[subscription.id] = _Batcher(self, subscription)

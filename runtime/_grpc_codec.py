@@ -20,18 +20,29 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtime._errors import InvalidCloudEvent
 from runtime._events import AttributeValue, CloudEvent, _from_sdk, _validated
 from runtime._proto.eventmesh_pb2 import CloudEvent as PbCloudEvent
 from runtime._proto.eventmesh_pb2 import CloudEventBatch as PbCloudEventBatch
 
-__all__ = ["PbCloudEvent", "PbCloudEventBatch", "from_proto", "string_attribute", "to_proto"]
+__all__ = [
+    "BATCH_FRAME_TYPE",
+    "PbCloudEvent",
+    "PbCloudEventBatch",
+    "batch_frame",
+    "from_proto",
+    "string_attribute",
+    "to_proto",
+    "unpack_frame",
+]
+
+BATCH_FRAME_TYPE: Final = "io.meshtap.batch"
+BATCH_FRAME_CONTENT_TYPE: Final = "application/cloudevents-batch+protobuf"
 
 Value = PbCloudEvent.CloudEventAttributeValue
 _TEXT_CONTENT: Final = re.compile(
@@ -41,9 +52,16 @@ _FIELDS: Final = ("id", "source", "specversion", "type")
 _INT32: Final = range(-(2**31), 2**31)
 
 
+def _rfc3339(seconds: int, nanos: int) -> str:
+    """A protobuf Timestamp as RFC 3339 (UTC, microseconds), without building a datetime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}Z"
+
+
 def _value(name: str, value: Value, where: str) -> AttributeValue:
     kind = value.WhichOneof("attr")
-    if kind in ("ce_string", "ce_uri", "ce_uri_ref"):
+    if kind == "ce_string":
+        return value.ce_string
+    if kind in ("ce_uri", "ce_uri_ref"):
         text: str = getattr(value, kind)
         return text
     if kind == "ce_integer":
@@ -53,8 +71,7 @@ def _value(name: str, value: Value, where: str) -> AttributeValue:
     if kind == "ce_bytes":
         return base64.b64encode(value.ce_bytes).decode()
     if kind == "ce_timestamp":
-        moment = value.ce_timestamp.ToDatetime(tzinfo=UTC)
-        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return _rfc3339(value.ce_timestamp.seconds, value.ce_timestamp.nanos)
     raise InvalidCloudEvent(
         f"{where}: attribute {name!r} has no value set; set one of ce_string, ce_integer, "
         "ce_boolean, ce_bytes, ce_uri, ce_uri_ref or ce_timestamp"
@@ -73,10 +90,16 @@ def string_attribute(message: PbCloudEvent, name: str) -> str:
 
 
 def from_proto(
-    message: PbCloudEvent, where: str = "the event", *, drop: frozenset[str] = frozenset()
+    message: PbCloudEvent,
+    where: str = "the event",
+    *,
+    drop: frozenset[str] = frozenset(),
+    trusted: bool = False,
 ) -> CloudEvent:
     """Our model of `message`; InvalidCloudEvent names what is wrong. `drop` names attributes
-    that are protocol plumbing (credentials, response codes) and never stored."""
+    that are protocol plumbing (credentials, response codes) and never stored. `trusted` skips
+    the CloudEvents validation for events the runtime already validated (what clients receive).
+    """
     attributes: dict[str, Any] = {}
     if message.id:
         attributes["id"] = message.id
@@ -111,23 +134,32 @@ def from_proto(
             f"{where} is missing required CloudEvents field(s) {names}; set id, source, "
             'spec_version ("1.0") and type on the CloudEvent message'
         )
+    if trusted:
+        return CloudEvent(attributes, data or None)
     return _from_sdk(_validated(attributes, where), data or None)
 
 
-def _out_value(name: str, value: AttributeValue) -> Value:
+def _set_value(target: Value, name: str, value: AttributeValue) -> None:
     if isinstance(value, bool):
-        return Value(ce_boolean=value)
-    if isinstance(value, int):
-        return Value(ce_integer=value) if value in _INT32 else Value(ce_string=str(value))
-    if name == "time":
+        target.ce_boolean = value
+    elif isinstance(value, int):
+        if value in _INT32:
+            target.ce_integer = value
+        else:
+            target.ce_string = str(value)
+    elif name == "time":
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            return Value(ce_string=value)
-        stamp = Timestamp()
-        stamp.FromDatetime(moment)
-        return Value(ce_timestamp=stamp)
-    return Value(ce_string=value)
+            target.ce_string = value
+            return
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        stamp = target.ce_timestamp
+        stamp.seconds = int(moment.timestamp() // 1)
+        stamp.nanos = moment.microsecond * 1000
+    else:
+        target.ce_string = value
 
 
 def to_proto(event: CloudEvent, extra: Mapping[str, str] | None = None) -> PbCloudEvent:
@@ -138,11 +170,12 @@ def to_proto(event: CloudEvent, extra: Mapping[str, str] | None = None) -> PbClo
         spec_version=str(event.attributes.get("specversion", "1.0")),
         type=event.type,
     )
+    attributes = message.attributes
     for name, value in event.attributes.items():
         if name not in _FIELDS:
-            message.attributes[name].CopyFrom(_out_value(name, value))
+            _set_value(attributes[name], name, value)
     for name, text in (extra or {}).items():
-        message.attributes[name].CopyFrom(Value(ce_string=text))
+        attributes[name].ce_string = text
     if event.data is not None:
         content_type = event.datacontenttype
         text_content = content_type is None or _TEXT_CONTENT.match(content_type) is not None
@@ -154,3 +187,26 @@ def to_proto(event: CloudEvent, extra: Mapping[str, str] | None = None) -> PbClo
         else:
             message.binary_data = event.data
     return message
+
+
+def batch_frame(messages: list[PbCloudEvent], tag: str) -> PbCloudEvent:
+    """Several events as one stream message (Meshtap's `framing = batch`): a CloudEvent of type
+    `io.meshtap.batch` whose data is a serialized `CloudEventBatch`, acknowledged as a whole by
+    its `deliverytag`. One gRPC message per event costs more than the event itself."""
+    frame = PbCloudEvent(
+        id=tag,
+        source="/meshtap",
+        spec_version="1.0",
+        type=BATCH_FRAME_TYPE,
+        binary_data=PbCloudEventBatch(events=messages).SerializeToString(),
+    )
+    frame.attributes["datacontenttype"].CopyFrom(Value(ce_string=BATCH_FRAME_CONTENT_TYPE))
+    frame.attributes["deliverytag"].CopyFrom(Value(ce_string=tag))
+    return frame
+
+
+def unpack_frame(message: PbCloudEvent) -> list[PbCloudEvent] | None:
+    """The events of a batch frame, or None when `message` is a single event."""
+    if message.type != BATCH_FRAME_TYPE:
+        return None
+    return list(PbCloudEventBatch.FromString(message.binary_data).events)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from runtime._events import CloudEvent
-from runtime._grpc_codec import PbCloudEvent, to_proto
+from runtime._grpc_codec import PbCloudEvent, batch_frame, to_proto
 from runtime._push import Outcome, PushResult, SubscriberGone
 from runtime._subscriptions import Subscription
 
@@ -53,6 +53,8 @@ class StreamSession:
     """One open `subscribeStream` call: what goes out on it and which deliveries await an ack."""
 
     ack_mode: AckMode
+    batch_frames: bool = False
+    """Meshtap clients ask (`framing = batch`): a push's events go as one `batch_frame`."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     outbox: asyncio.Queue[PbCloudEvent | None] = field(default_factory=asyncio.Queue)
     subscription_ids: list[tuple[str, bool]] = field(default_factory=list)
@@ -67,7 +69,7 @@ class StreamSession:
     def settle(self, tag: str, acked: bool, reason: str = "") -> bool:
         """Record the client's ack or nack of delivery `tag`; False if nothing waits for it."""
         future = self._waiting.pop(tag, None)
-        if future is None or future.done():
+        if future is None or future.done():  # done: cancelled after the ack timeout
             return False
         future.set_result((acked, reason))
         return True
@@ -75,51 +77,70 @@ class StreamSession:
     def close(self) -> None:
         self.closed = True
         for future in self._waiting.values():
-            if not future.done():
-                future.set_exception(SubscriberGone())
+            future.cancel()  # deliver() sees `closed` and leaves the events pending
         self._waiting.clear()
         self.outbox.put_nowait(None)
 
     async def deliver(
-        self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
+        self, subscription: Subscription, items: Sequence[tuple[str, CloudEvent]], attempt: int
     ) -> PushResult:
+        """Write `items` to the stream; with explicit acks, wait until all are acked.
+
+        A batch is one delivery attempt (the dispatcher batches stream pushes like webhook
+        pushes): it is acknowledged when every event in it is, and retried whole otherwise.
+        """
         started = time.perf_counter()
         if self.closed:
             raise SubscriberGone
-        tag = f"{self.id[:8]}-{next(self._tags)}"
-        extra = {
-            "subject": topic,
-            DELIVERY_TAG: tag,
-            "consumergroup": subscription.group,
-            "deliveryattempt": str(attempt),
-        }
-        message = to_proto(event, extra)
-        if self.ack_mode == "auto":
-            self.send(message)
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[tuple[bool, str]]] = []
+        frame: list[PbCloudEvent] | None = [] if self.batch_frames else None
+        for topic, event in items:
+            tag = f"{self.id[:8]}-{next(self._tags)}"
+            extra = {
+                "subject": topic,
+                DELIVERY_TAG: tag,
+                "consumergroup": subscription.group,
+                "deliveryattempt": str(attempt),
+            }
+            if frame is not None:
+                frame.append(to_proto(event, extra))
+                continue
+            if self.ack_mode == "explicit":
+                future: asyncio.Future[tuple[bool, str]] = loop.create_future()
+                self._waiting[tag] = future
+                futures.append(future)
+            self.send(to_proto(event, extra))
+        if frame is not None:
+            tag = f"{self.id[:8]}-{next(self._tags)}"
+            if self.ack_mode == "explicit":
+                futures.append(loop.create_future())
+                self._waiting[tag] = futures[-1]
+            self.send(batch_frame(frame, tag))
+        if not futures:
             return PushResult(Outcome.ACKED, time.perf_counter() - started)
-        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
-        self._waiting[tag] = future
-        self.send(message)
-        try:
-            acked, reason = await asyncio.wait_for(
-                asyncio.shield(future), subscription.timeout_ms / 1000
-            )
-        except TimeoutError:
-            self._waiting.pop(tag, None)
+        _, pending = await asyncio.wait(futures, timeout=subscription.timeout_ms / 1000)
+        if self.closed:
+            raise SubscriberGone
+        duration = time.perf_counter() - started
+        if pending:
+            for future in pending:
+                future.cancel()
             return PushResult(
                 Outcome.RETRY,
-                time.perf_counter() - started,
+                duration,
                 error=f"stream subscriber did not ack within {subscription.timeout_ms} ms",
                 error_type="timeout",
             )
-        if acked:
-            return PushResult(Outcome.ACKED, time.perf_counter() - started)
-        return PushResult(
-            Outcome.RETRY,
-            time.perf_counter() - started,
-            error=f"stream subscriber nacked: {reason or 'no reason given'}",
-            error_type="_OTHER",
-        )
+        nacked = [reason for acked, reason in (f.result() for f in futures) if not acked]
+        if nacked:
+            return PushResult(
+                Outcome.RETRY,
+                duration,
+                error=f"stream subscriber nacked: {nacked[0] or 'no reason given'}",
+                error_type="_OTHER",
+            )
+        return PushResult(Outcome.ACKED, duration)
 
 
 class StreamHub:
@@ -129,8 +150,8 @@ class StreamHub:
         self.consumer = consumer
         self.sessions: dict[str, StreamSession] = {}
 
-    def open(self, ack_mode: AckMode) -> StreamSession:
-        session = StreamSession(ack_mode)
+    def open(self, ack_mode: AckMode, *, batch_frames: bool = False) -> StreamSession:
+        session = StreamSession(ack_mode, batch_frames)
         self.sessions[session.id] = session
         return session
 
@@ -152,9 +173,7 @@ class StreamHub:
         session = self.sessions.get(session_id)
         if session is None:
             raise SubscriberGone
-        # Streams are not batched (BatchPolicy applies to HTTP pushes); one item at a time.
-        topic, event = items[0]
-        return await session.deliver(subscription, topic, event, attempt)
+        return await session.deliver(subscription, items, attempt)
 
     def close_all(self) -> None:
         for session in list(self.sessions.values()):

@@ -39,7 +39,13 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from runtime._events import CloudEvent, now_rfc3339, to_binary_http
-from runtime._grpc_codec import PbCloudEvent, PbCloudEventBatch, from_proto, string_attribute
+from runtime._grpc_codec import (
+    PbCloudEvent,
+    PbCloudEventBatch,
+    from_proto,
+    string_attribute,
+    unpack_frame,
+)
 from runtime._grpc_codec import to_proto as event_to_proto
 from runtime.client._errors import (
     ClientClosed,
@@ -61,6 +67,8 @@ Handler = Callable[["Delivery"], Awaitable[CloudEvent | None] | CloudEvent | Non
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _RETRYABLE: Final = frozenset({"UNAVAILABLE"})
 _STREAM_RETRYABLE: Final = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "CANCELLED"})
+# What the runtime adds to a pushed event, not part of the event itself.
+_PUSH_PLUMBING: Final = frozenset({"deliverytag", "deliveryattempt", "consumergroup"})
 
 
 def new_event(
@@ -129,6 +137,35 @@ def _typed(error: Any) -> MeshClientError:
     return from_grpc(error.code().name, error.details() or "")
 
 
+def _control(kind: str, tag: str, reason: str = "") -> PbCloudEvent:
+    message = PbCloudEvent()
+    value = PbCloudEvent.CloudEventAttributeValue
+    message.attributes["submessagetype"].CopyFrom(value(ce_string=kind))
+    message.attributes["deliverytag"].CopyFrom(value(ce_string=tag))
+    if reason:
+        message.attributes["responsemessage"].CopyFrom(value(ce_string=reason))
+    return message
+
+
+class _Frame:
+    """What the runtime acknowledges as one: a batch frame (or a single event). Its ack goes
+    out once every delivery in it is settled; one nack makes the runtime redeliver the frame."""
+
+    def __init__(self, tag: str, count: int, outbox: asyncio.Queue[Any]) -> None:
+        self.tag = tag
+        self.left = count
+        self.outbox = outbox
+        self.failure = ""
+
+    def settle(self, acked: bool, reason: str = "") -> None:
+        if not acked and not self.failure:
+            self.failure = reason or "nacked"
+        self.left -= 1
+        if self.left == 0:
+            kind = "nack" if self.failure else "ack"
+            self.outbox.put_nowait(_control(kind, self.tag, self.failure))
+
+
 class Delivery:
     """One received event: `event`, where it came from, and how to settle it.
 
@@ -138,44 +175,34 @@ class Delivery:
     settled.
     """
 
-    def __init__(self, message: PbCloudEvent, outbox: asyncio.Queue[Any], span: Span) -> None:
-        self.event = from_proto(message, "the pushed event")
+    def __init__(self, message: PbCloudEvent, frame: _Frame, span: Span) -> None:
+        self.event = from_proto(message, "the pushed event", trusted=True, drop=_PUSH_PLUMBING)
         self.topic = string_attribute(message, "subject")
         self.group = string_attribute(message, "consumergroup")
         attempt = string_attribute(message, "deliveryattempt")
         self.attempt = int(attempt) if attempt.isdigit() else 1
         self.span = span
-        self._tag = string_attribute(message, "deliverytag")
-        self._outbox = outbox
+        self._frame = frame
         self.settled = False
 
     @property
     def is_request(self) -> bool:
         return "replyto" in self.event.attributes
 
-    def _control(self, kind: str, **attributes: str) -> PbCloudEvent:
-        message = PbCloudEvent()
-        value = PbCloudEvent.CloudEventAttributeValue
-        message.attributes["submessagetype"].CopyFrom(value(ce_string=kind))
-        message.attributes["deliverytag"].CopyFrom(value(ce_string=self._tag))
-        for name, text in attributes.items():
-            message.attributes[name].CopyFrom(value(ce_string=text))
-        return message
-
-    def _settle(self, message: PbCloudEvent, error: str = "") -> None:
+    def _settle(self, acked: bool, reason: str = "") -> None:
         if self.settled:
             return
         self.settled = True
-        self._outbox.put_nowait(message)
-        if error:
-            self.span.set_status(trace.StatusCode.ERROR, error)
+        self._frame.settle(acked, reason)
+        if not acked:
+            self.span.set_status(trace.StatusCode.ERROR, reason or "nacked")
         self.span.end()
 
     async def ack(self) -> None:
-        self._settle(self._control("ack"))
+        self._settle(True)
 
     async def nack(self, reason: str = "") -> None:
-        self._settle(self._control("nack", responsemessage=reason), reason or "nacked")
+        self._settle(False, reason)
 
     async def reply(self, event: CloudEvent) -> None:
         """Send `event` back to the requester (this delivery must be a request)."""
@@ -190,11 +217,12 @@ class Delivery:
                 "replyto": str(self.event.attributes["replyto"]),
                 "correlationid": str(self.event.attributes.get("correlationid", "")),
                 "submessagetype": "subscription_reply",
-                "deliverytag": self._tag,
                 "subject": self.topic,
             },
         )
-        self._settle(message)
+        if not self.settled:
+            self._frame.outbox.put_nowait(message)
+        self._settle(True)
 
 
 class Subscription:
@@ -233,6 +261,7 @@ class Subscription:
         )
         message.attributes["consumergroup"].CopyFrom(value(ce_string=self.group))
         message.attributes["ackmode"].CopyFrom(value(ce_string="explicit"))
+        message.attributes["framing"].CopyFrom(value(ce_string="batch"))
         mode = "CLUSTERING" if self._mode == "clustering" else "BROADCASTING"
         message.text_data = json.dumps(
             [{"topic": t, "mode": mode, "type": "ASYNC"} for t in self.topics]
@@ -289,7 +318,13 @@ class Subscription:
                             string_attribute(message, "responsemessage"),
                         )
                     continue
-                self._inbox.put_nowait(self._client._delivery(message, outbox))
+                events = unpack_frame(message)
+                tag = string_attribute(message, "deliverytag")
+                if events is None:
+                    events = [message]
+                frame = _Frame(tag, len(events), outbox)
+                for one in events:
+                    self._inbox.put_nowait(self._client._delivery(one, frame))
         finally:
             outbox.put_nowait(None)
             call.cancel()
@@ -429,7 +464,7 @@ class AsyncMeshClient:
             response_deserializer=PbCloudEvent.FromString,
         )(requests)
 
-    def _delivery(self, message: PbCloudEvent, outbox: asyncio.Queue[Any]) -> Delivery:
+    def _delivery(self, message: PbCloudEvent, frame: _Frame) -> Delivery:
         parent = _PROPAGATOR.extract(
             {"traceparent": string_attribute(message, "traceparent")}
             | (
@@ -451,7 +486,7 @@ class AsyncMeshClient:
                 "messaging.message.id": message.id,
             },
         )
-        return Delivery(message, outbox, span)
+        return Delivery(message, frame, span)
 
     async def _call(
         self, service: str, method: str, message: Any, reply: Any = PbCloudEvent
