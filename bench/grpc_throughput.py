@@ -8,6 +8,8 @@ What it measures (one consumer group, one `subscribeStream` subscriber, Redis st
   in flight); the subscriber uses the SDK (`AsyncMeshClient.subscribe`, automatic explicit acks)
   - events/s from the first publish to the last event received, and p50/p99 latency from
   publish to receipt.
+* paced: 5,000 events/s in batches of 100 to an acked stream - latency when the mesh keeps up
+  (in the two scenarios above producers outrun delivery, so their latency is mostly queueing).
 * unacked stream: the same with an EventMesh-style stream (no `ackmode`: an event counts as
   delivered once written to the stream), read with raw grpc.
 
@@ -61,6 +63,35 @@ async def publish_all(client: AsyncMeshClient, topic: str, total: int) -> None:
             )
 
     await asyncio.gather(*(producer() for _ in range(IN_FLIGHT)))
+
+
+async def bench_paced(target: str, topic: str, group: str, rate: int, seconds: float) -> Result:
+    """Latency when the mesh keeps up: batches of 100 at a fixed rate, acked stream."""
+    total = int(rate * seconds) // BATCH * BATCH
+    async with AsyncMeshClient(target) as consumer, AsyncMeshClient(target) as producer:
+        sub = await consumer.subscribe(f"{topic}.#", group=group)
+        await warm(producer, sub, f"{topic}.warm")
+        latencies: list[float] = []
+
+        async def receive() -> None:
+            for _ in range(total):
+                delivery = await sub.next(60)
+                latencies.append(
+                    (time.time_ns() - int(delivery.event.attributes["benchsent"])) / 1e6
+                )
+
+        receiving = asyncio.create_task(receive())
+        started = time.perf_counter()
+        for n in range(total // BATCH):
+            await asyncio.sleep(max(0.0, started + n * BATCH / rate - time.perf_counter()))
+            sent = str(time.time_ns())
+            await producer.publish_batch(
+                f"{topic}.run", [new_event("bench", {"i": i}, benchsent=sent) for i in range(BATCH)]
+            )
+        await receiving
+        elapsed = time.perf_counter() - started
+        await sub.close()
+    return Result(f"paced {rate:,}/s -> acked stream", total, elapsed, latencies)
 
 
 async def bench_acked(target: str, topic: str, group: str, total: int) -> Result:
@@ -137,6 +168,7 @@ async def main() -> None:
             raw = await raw_redis(redis_server.url, total, BATCH, "raw XADD x100 pipelined")
             acked = await bench_acked(target, "bench.acked", "acked", total)
             unacked = await bench_unacked(target, "bench.unacked", "unacked", total)
+            paced = await bench_paced(target, "bench.paced", "paced", 5_000, 2 if args.quick else 5)
         finally:
             runtime.kill()
             redis_server.stop()
@@ -146,7 +178,7 @@ async def main() -> None:
         f"batches of {BATCH}, {IN_FLIGHT} batch calls in flight"
     )
     print(f"{'scenario':<40}{'events/s':>12}{'raw/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-    for result in (acked, unacked):
+    for result in (acked, unacked, paced):
         print(row(result, raw).replace(f"{result.name:<34}", f"{result.name:<40}"))
     print(
         f"{'baseline: ' + raw.name:<40}{raw.rate:>12,.0f}{'':>12}"

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from runtime._events import parse_traceparent
-from runtime._grpc_codec import PbCloudEvent, string_attribute
+from runtime._grpc_codec import PbCloudEvent, string_attribute, unpack_frame
 from runtime._subscriptions import RetryPolicy
 from tests.grpc_stubs import Api, Value, drain_events, pb_event, subscription
 from tests.meshes import event, running
@@ -113,6 +113,33 @@ async def test_stream_subscriber_gets_events_and_acks_them() -> None:
         finally:
             await stream.close()
             await api.close()
+
+
+async def test_batch_framing_sends_many_events_in_one_message_acked_as_one() -> None:
+    async with running(grpc=True) as (runtime, client):
+        api = Api(runtime.grpc_target)
+        stream = api.stream()
+        try:
+            await stream.open(
+                subscription("billing", "orders.#", ackmode="explicit", framing="batch")
+            )
+            await asyncio.sleep(0.3)
+            ids = await client.publish("orders.created", *(event(f"f-{i}") for i in range(10)))
+            frames, events = [], []
+            while len(events) < 10:
+                frame = await stream.next_event()
+                frames.append(frame)
+                events += unpack_frame(frame) or []
+            for frame in frames:
+                await stream.ack(frame)
+            assert [m async for m in drain_events(stream, 1.5)] == []  # all acked
+        finally:
+            await stream.close()
+            await api.close()
+    assert frames[0].type == "io.meshtap.batch"
+    assert len(frames) < 10  # batched
+    assert [e.id for e in events] == ids
+    assert string_attribute(events[0], "subject") == "orders.created"
 
 
 async def test_unacked_event_is_redelivered_and_nacked_goes_to_dead_letters(
