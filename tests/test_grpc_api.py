@@ -426,3 +426,79 @@ async def test_streams_on_redis_across_two_instances(redis_server: RedisServer) 
     assert sorted(got["a"] + got["b"]) == sorted(ids)
     assert got["a"]
     assert got["b"]
+
+
+async def test_stream_deliveries_are_process_spans_in_the_event_trace(
+    exporter: InMemorySpanExporter,
+) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running(grpc=True, tracer_provider=provider) as (runtime, _):
+        api = Api(runtime.grpc_target)
+        stream = api.stream()
+        try:
+            await stream.open(subscription("billing", "orders.#", ackmode="explicit"))
+            await asyncio.sleep(0.3)
+            await api.publish(pb_event("sp-1", "orders.created", "x"))
+            delivered = await stream.next_event()
+            await stream.ack(delivered)
+            await asyncio.sleep(0.3)
+        finally:
+            await stream.close()
+            await api.close()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    process = spans["process orders.created"]
+    assert process.attributes is not None
+    assert str(process.attributes["messaging.meshtap.sink"]).startswith("stream://")
+    assert process.attributes["messaging.meshtap.delivery.outcome"] == "acked"
+    parsed = parse_traceparent(string_attribute(delivered, "traceparent"))
+    assert parsed is not None
+    assert process.context.trace_id == parsed[0]
+    provider.shutdown()
+
+
+async def test_a_reply_can_come_through_publish_and_bad_ttl_is_refused() -> None:
+    async with running(grpc=True) as (runtime, _):
+        api = Api(runtime.grpc_target)
+        stream = api.stream()
+        try:
+            await stream.open(subscription("pricing", "prices.#"))
+            await asyncio.sleep(0.3)
+            asking = asyncio.ensure_future(
+                api.request_reply(pb_event("ask-1", "prices.quote", "sku-1", ttl="8000"))
+            )
+            request = await stream.next_event()
+            answer = pb_event("ans-1", "prices.quote", "9.5", submessagetype="subscription_reply")
+            for name in ("replyto", "correlationid"):
+                answer.attributes[name].CopyFrom(request.attributes[name])
+            await api.publish(answer)
+            reply = await asking
+            with pytest.raises(grpc.aio.AioRpcError) as bad_ttl:
+                await api.request_reply(pb_event("ask-2", "prices.quote", "x", ttl="soon"))
+            unaddressed = pb_event(
+                "ans-2", "prices.quote", "x", submessagetype="subscription_reply"
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as no_replyto:
+                await api.publish(unaddressed)
+        finally:
+            await stream.close()
+            await api.close()
+    assert (reply.id, reply.text_data) == ("ans-1", "9.5")
+    assert bad_ttl.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'ttl' is the reply timeout in milliseconds, got 'soon'" in bad_ttl.value.details()
+    assert no_replyto.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "copy the request's attributes into the reply" in no_replyto.value.details()
+
+
+async def test_request_reply_times_out_with_deadline_exceeded() -> None:
+    async with running(grpc=True) as (runtime, _):
+        api = Api(runtime.grpc_target)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await api.request_reply(pb_event("lonely", "nobody.listens", "x", ttl="300"))
+        finally:
+            await api.close()
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "no reply to request 'lonely' on topic 'nobody.listens' within 300 ms" in (
+        caught.value.details()
+    )
