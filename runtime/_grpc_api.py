@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -79,6 +80,10 @@ STREAM_ACK_TIMEOUT_MS: Final = 30_000
 # Up to 100 events per push, at most 2 ms after the first is ready: per-event delivery costs
 # the dispatcher far more than the event (see README, Benchmarks).
 STREAM_BATCH: Final = BatchPolicy(max_events=100, max_wait_ms=2)
+# Stream subscriptions are leased: renewed this often by their instance, removed by any instance
+# after three missed renewals (their instance crashed and cannot remove them itself).
+STREAM_LEASE_S: Final = 10.0
+RENEWED: Final = "renewed_ms"
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
@@ -185,6 +190,8 @@ class GrpcApi:
         self._replies = replies
         self._server: Any = None
         self.port: int | None = None
+        self.lease_s = STREAM_LEASE_S
+        self._lease_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -213,10 +220,16 @@ class GrpcApi:
         await server.start()
         self._server = server
         self.port = int(port)
+        self._lease_task = asyncio.create_task(self._lease_loop(), name="stream-leases")
         log.info("gRPC API (EventMesh-compatible) on %s:%d", host, self.port)
 
     async def stop(self, grace_s: float = 1.0) -> None:
         """Stop taking calls; open streams end, their unacked events stay pending."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
         self._streams.close_all()
         if self._server is not None:
             await self._server.stop(grace=grace_s)
@@ -254,6 +267,47 @@ class GrpcApi:
             grpc.method_handlers_generic_handler(f"{PACKAGE}.ConsumerService", consumer),
             grpc.method_handlers_generic_handler(f"{PACKAGE}.HeartbeatService", heartbeat),
         ]
+
+    # -- stream subscription leases ----------------------------------------------------------
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s)
+            try:
+                await self.renew_and_sweep()
+            except StoreUnavailable as e:
+                log.warning("stream subscription leases not renewed: %s", e)
+
+    async def renew_and_sweep(self) -> None:
+        """Renew this instance's stream subscriptions; remove those whose lease ran out.
+
+        Without this, the subscriptions of an instance that crashed would stay forever, and a
+        broadcast one would keep its store consumer group, which stops retention trimming.
+        """
+        now_ms = time.time_ns() // 1_000_000
+        store = self._mesh.store
+        documents = await store.subscriptions()
+        mine = {
+            sid
+            for session in self._streams.sessions.values()
+            for sid, _ in session.subscription_ids
+        }
+        for subscription_id, document in documents.items():
+            raw = json.loads(document)
+            if raw.get("protocol") != "grpc":
+                continue
+            if subscription_id in mine:
+                raw[RENEWED] = now_ms
+                await store.put_subscription(
+                    subscription_id, json.dumps(raw, separators=(",", ":"))
+                )
+                continue
+            renewed = int(raw.get(RENEWED, raw["created_ms"]))
+            if now_ms - renewed > 3 * self.lease_s * 1000:
+                log.info("removing stream subscription %s: its lease ran out", subscription_id)
+                with contextlib.suppress(NotFound):
+                    await self._mesh.unsubscribe(
+                        subscription_id, keep_group=raw.get("mode") == "clustering"
+                    )
 
     # -- helpers ---------------------------------------------------------------------------
     def _check_size(self, message: PbCloudEvent | PbCloudEventBatch) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
@@ -20,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from runtime._events import parse_traceparent
 from runtime._grpc_codec import PbCloudEvent, string_attribute, unpack_frame
-from runtime._subscriptions import RetryPolicy
+from runtime._subscriptions import RetryPolicy, Subscription
 from tests.grpc_stubs import Api, Value, drain_events, pb_event, subscription
 from tests.meshes import event, running
 from tests.servers import RedisServer
@@ -502,3 +503,32 @@ async def test_request_reply_times_out_with_deadline_exceeded() -> None:
     assert "no reply to request 'lonely' on topic 'nobody.listens' within 300 ms" in (
         caught.value.details()
     )
+
+
+async def test_stream_subscriptions_of_a_crashed_instance_are_removed_when_their_lease_ends(
+    sink: RecordingSink,
+) -> None:
+    async with running(grpc=True) as (runtime, client):
+        assert runtime.grpc is not None
+        runtime.grpc.lease_s = 0.2
+        await client.subscribe(topic="orders.#", group="webhooks", sink=sink.url)
+        # What a crashed instance leaves behind: stream subscriptions nobody renews.
+        ghost = Subscription(
+            topic="orders.#",
+            group="ghosts",
+            sink="stream://crashed-instance-0a1b2c/0123",
+            mode="broadcast",
+            protocol="grpc",
+            created_ms=time.time_ns() // 1_000_000 - 60_000,
+        )
+        await runtime.mesh.subscribe(ghost)
+        api = Api(runtime.grpc_target)
+        stream = api.stream()
+        try:
+            await stream.open(subscription("live", "orders.#"))
+            await asyncio.sleep(1.5)  # several lease periods
+            remaining = {s.group for s in await runtime.mesh.subscriptions()}
+        finally:
+            await stream.close()
+            await api.close()
+    assert remaining == {"webhooks", "live"}  # the live stream was renewed, the ghost removed
