@@ -1,6 +1,6 @@
 """The mesh's operations, independent of the protocol that asked for them.
 
-The native HTTP API, the EventMesh-compatible endpoints, the HTTP source and (later) gRPC all call
+The native HTTP API, the EventMesh-compatible endpoints, the HTTP source and gRPC all call
 these, so validation, stamping and metrics happen in exactly one place.
 """
 

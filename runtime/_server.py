@@ -1,5 +1,5 @@
-"""A runtime instance: store + dispatcher + HTTP listener (+ OTLP receiver), with an orderly
-start and drain."""
+"""A runtime instance: store + dispatcher + HTTP listener (+ gRPC API, OTLP receiver), with an
+orderly start and drain."""
 
 from __future__ import annotations
 
