@@ -149,8 +149,13 @@ class Stream:
         await self.call.write(control("nack", tag, responsemessage=reason))
 
     async def close(self) -> None:
+        """Half-close, let the runtime end the stream (so acks already written count), then
+        cancel whatever is left."""
         if not self.call.done():
             await self.call.done_writing()
+            if self._reader is None:
+                self._reader = asyncio.create_task(self._read())
+            await asyncio.wait({self._reader}, timeout=2)
         self.call.cancel()
         if self._reader is not None:
             await asyncio.wait({self._reader}, timeout=5)

@@ -36,6 +36,15 @@ async def sink() -> AsyncIterator[RecordingSink]:
     await s.stop()
 
 
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request: pytest.FixtureRequest) -> str:
+    """The store URL: the same behaviour is asserted on the memory store and on Redis."""
+    if request.param == "memory":
+        return "memory://"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
 @pytest.fixture
 def exporter() -> Iterator[InMemorySpanExporter]:
     memory = InMemorySpanExporter()
@@ -94,8 +103,8 @@ async def test_batch_publish_and_one_way(sink: RecordingSink) -> None:
     assert sorted(sink.ids()) == ["b-1", "b-2", "b-3"]
 
 
-async def test_stream_subscriber_gets_events_and_acks_them() -> None:
-    async with running(grpc=True) as (runtime, client):
+async def test_stream_subscriber_gets_events_and_acks_them(store: str) -> None:
+    async with running(store, grpc=True) as (runtime, client):
         api = Api(runtime.grpc_target)
         stream = api.stream()
         try:
@@ -116,8 +125,8 @@ async def test_stream_subscriber_gets_events_and_acks_them() -> None:
             await api.close()
 
 
-async def test_batch_framing_sends_many_events_in_one_message_acked_as_one() -> None:
-    async with running(grpc=True) as (runtime, client):
+async def test_batch_framing_sends_many_events_in_one_message_acked_as_one(store: str) -> None:
+    async with running(store, grpc=True) as (runtime, client):
         api = Api(runtime.grpc_target)
         stream = api.stream()
         try:
@@ -144,9 +153,9 @@ async def test_batch_framing_sends_many_events_in_one_message_acked_as_one() -> 
 
 
 async def test_unacked_event_is_redelivered_and_nacked_goes_to_dead_letters(
-    sink: RecordingSink,
+    sink: RecordingSink, store: str
 ) -> None:
-    async with running(grpc=True) as (runtime, client):
+    async with running(store, grpc=True) as (runtime, client):
         await client.subscribe(topic="_dlq.billing", group="dlq-reader", sink=sink.url)
         api = Api(runtime.grpc_target)
         stream = api.stream()
@@ -177,8 +186,8 @@ async def test_unacked_event_is_redelivered_and_nacked_goes_to_dead_letters(
     assert "still cannot parse" in letter.attributes["deadletterreason"]
 
 
-async def test_clustering_spreads_over_streams_and_broadcast_copies() -> None:
-    async with running(grpc=True) as (runtime, client):
+async def test_clustering_spreads_over_streams_and_broadcast_copies(store: str) -> None:
+    async with running(store, grpc=True) as (runtime, client):
         api = Api(runtime.grpc_target)
         a, b, c = api.stream(), api.stream(), api.stream()
         try:
@@ -200,8 +209,8 @@ async def test_clustering_spreads_over_streams_and_broadcast_copies() -> None:
     assert got_b
 
 
-async def test_partition_key_order_holds_on_a_stream() -> None:
-    async with running(grpc=True) as (runtime, client):
+async def test_partition_key_order_holds_on_a_stream(store: str) -> None:
+    async with running(store, grpc=True) as (runtime, client):
         api = Api(runtime.grpc_target)
         stream = api.stream()
         try:
@@ -224,8 +233,10 @@ async def test_partition_key_order_holds_on_a_stream() -> None:
     assert [first.id, second.id, third.id] == ["k-0", "k-1", "k-2"]
 
 
-async def test_events_left_unacked_by_a_closed_stream_go_to_another_subscriber() -> None:
-    async with running(grpc=True, claim_idle_ms=500) as (runtime, client):
+async def test_events_left_unacked_by_a_closed_stream_go_to_another_subscriber(
+    store: str,
+) -> None:
+    async with running(store, grpc=True, claim_idle_ms=500) as (runtime, client):
         api = Api(runtime.grpc_target)
         leaving, staying = api.stream(), api.stream()
         try:
@@ -248,8 +259,10 @@ async def test_events_left_unacked_by_a_closed_stream_go_to_another_subscriber()
     assert sorted(set(kept)) == sorted(ids)
 
 
-async def test_a_clustering_group_gets_what_was_published_while_its_stream_was_away() -> None:
-    async with running(grpc=True) as (runtime, client):
+async def test_a_clustering_group_gets_what_was_published_while_its_stream_was_away(
+    store: str,
+) -> None:
+    async with running(store, grpc=True) as (runtime, client):
         api = Api(runtime.grpc_target)
         try:
             first = api.stream()
@@ -266,6 +279,7 @@ async def test_a_clustering_group_gets_what_was_published_while_its_stream_was_a
             for message in got:
                 await back.ack(message)
             await back.close()
+            assert "before" not in [m.id for m in got]  # its ack counted before the close
         finally:
             await api.close()
     assert [m.id for m in got] == ids

@@ -249,6 +249,7 @@ class Subscription:
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closed = False
         self._call: Any = None
+        self._outbox: asyncio.Queue[Any] | None = None
         self._last: Delivery | None = None
         self._task = asyncio.create_task(self._run(), name=f"subscription:{group}")
         self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{group}")
@@ -302,7 +303,7 @@ class Subscription:
                 yield item
 
         call = self._client._stream_call(outgoing())
-        self._call = call
+        self._call, self._outbox = call, outbox
         try:
             confirmed = await call.read()
             if confirmed is grpc.aio.EOF:
@@ -404,6 +405,10 @@ class Subscription:
             return
         self._closed = True
         self._inbox.put_nowait(ClientClosed("the subscription was closed"))
+        if self._outbox is not None:
+            # Half-close after the acks already queued; the runtime then ends the stream.
+            self._outbox.put_nowait(None)
+            await asyncio.wait({self._task}, timeout=2)
         if self._call is not None:
             self._call.cancel()
         for task in (self._heartbeat, self._task, self._handler_task):
