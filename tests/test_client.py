@@ -195,6 +195,27 @@ async def test_subscription_reconnects_after_a_runtime_restart() -> None:
     assert delivered is not None
 
 
+async def test_heartbeat_notices_a_forgotten_subscription_and_resubscribes() -> None:
+    async with (
+        running(grpc=True) as (rt, http),
+        AsyncMeshClient(rt.grpc_target, heartbeat_interval_s=0.2, backoff=QUICK) as client,
+    ):
+        subscription = await client.subscribe("orders.#", group="billing")
+        (first,) = [s for s in await rt.mesh.subscriptions() if s.group == "billing"]
+        await rt.mesh.unsubscribe(first.id)  # the runtime forgets it (as after a store reset)
+        deadline = time.monotonic() + 10
+        again: list[str] = []
+        while not again and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            again = [s.id for s in await rt.mesh.subscriptions() if s.group == "billing"]
+        await http.publish("orders.created", event("after"))
+        delivery = await subscription.next(10)
+        await subscription.close()
+    assert again
+    assert again != [first.id]
+    assert delivery.event.id == "after"
+
+
 async def test_trace_context_flows_from_publisher_span_to_consumer_span(
     provider: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:

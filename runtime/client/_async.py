@@ -250,6 +250,7 @@ class Subscription:
         self._closed = False
         self._call: Any = None
         self._outbox: asyncio.Queue[Any] | None = None
+        self._renew = False
         self._last: Delivery | None = None
         self._task = asyncio.create_task(self._run(), name=f"subscription:{group}")
         self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{group}")
@@ -278,6 +279,13 @@ class Subscription:
             try:
                 await self._stream_once()
                 attempt = 0
+            except asyncio.CancelledError:
+                # grpc.aio raises this from read() when the call is cancelled - by the
+                # heartbeat asking for a fresh stream, or by close() (then it goes on up).
+                if self._is_closed() or not self._renew:
+                    raise
+                self._renew = False
+                continue
             except grpc.aio.AioRpcError as e:
                 name = e.code().name
                 if self._is_closed():
@@ -340,6 +348,7 @@ class Subscription:
                 if not await self._client.heartbeat(self.group, self.topics):
                     log.info("subscription %s: the runtime asks to resubscribe", self.group)
                     if self._call is not None:
+                        self._renew = True
                         self._call.cancel()  # _run reopens the stream and resubscribes
 
     async def ready(self, timeout: float = 10.0) -> Subscription:
