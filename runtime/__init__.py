@@ -25,6 +25,7 @@ from runtime._errors import (
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    ReplyTimeout,
     StoreUnavailable,
     SubscriptionNotFound,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NullCapture",
     "PayloadTooLarge",
     "PublishRecord",
+    "ReplyTimeout",
     "SpanEventRecord",
     "SpanLinkRecord",
     "SpanRecord",
