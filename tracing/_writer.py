@@ -12,7 +12,7 @@ query and file write:
   writing it. So the caller pays an append per call, not a conversion per record -- redacting
   a large JSON payload never runs on the event loop -- and a record that cannot be converted
   is counted and logged (reason ``unconvertible``), never raised to the caller.
-* **Batches.** A table's buffer is written when it holds ``batch_rows`` rows (5,000), when its
+* **Batches.** A table's buffer is written when it holds ``batch_rows`` rows (20,000), when its
   oldest row is ``max_age_s`` old (250 ms), on :meth:`~BatchWriter.flush` and on
   :meth:`~BatchWriter.close`; each batch is one columnar ``ClickHouse.insert``.
 * **Spool.** When an insert raises :class:`ClickhouseUnavailable` (or the schema has gone
@@ -567,6 +567,26 @@ def _as_row(items: list[Any]) -> Columns:
     raise AssertionError("the writer handles row items itself")
 
 
+def _as_columns(items: list[Any]) -> Columns:
+    """The converter of a ``_ColumnBatch`` (marker: converted before it was submitted)."""
+    raise AssertionError("the writer handles column batches itself")
+
+
+class _ColumnBatch:
+    """Rows converted already, column by column; sliced by rows like a list of records."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Columns) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, index: slice) -> _ColumnBatch:
+        return _ColumnBatch([values[index] for values in self.columns])
+
+
 @dataclass(slots=True)
 class _Buffer:
     """One table's pending records, as the chunks they were submitted in."""
@@ -624,7 +644,7 @@ class BatchWriter:
         spool_dir: str | os.PathLike[str],
         *,
         max_buffered: int,
-        batch_rows: int = 5_000,
+        batch_rows: int = 20_000,
         max_age_s: float = 0.25,
     ) -> None:
         self._specs = dict(specs)
@@ -673,7 +693,15 @@ class BatchWriter:
         default takes items that are rows already.
         Returns how many were accepted; the rest are dropped, counted and logged (the hard
         bound, or the writer is closed)."""
-        count = len(items)
+        return self._append(table, len(items), lambda n: (convert, list(items[:n])))
+
+    def submit_columns(self, table: str, columns: Columns) -> int:
+        """``submit`` for rows converted already (``convert``), e.g. by the thread that
+        received them, so that converting the next batch overlaps this one's insert."""
+        batch = _ColumnBatch(columns)
+        return self._append(table, len(batch), lambda n: (_as_columns, batch[:n]))
+
+    def _append(self, table: str, count: int, chunk: Callable[[int], tuple[Convert, Any]]) -> int:
         if not count:
             return 0
         with self._lock:
@@ -687,7 +715,7 @@ class BatchWriter:
                     if not buffer.count:
                         buffer.oldest = time.monotonic()
                         self._wake.notify()
-                    buffer.chunks.append((convert, list(items[:accepted])))
+                    buffer.chunks.append(chunk(accepted))
                     buffer.count += accepted
                     self._memory += accepted
                     if buffer.count >= self._batch_rows:
@@ -836,27 +864,41 @@ class BatchWriter:
             self._write(work, self._convert(work, chunks), count)
         return True
 
-    def _convert(self, table: str, chunks: list[tuple[Convert, list[Any]]]) -> Columns:
-        """Columns of the chunks' records; a record that will not convert is dropped, counted."""
+    def convert(self, table: str, convert: Convert, items: list[Any]) -> Columns:
+        """``convert(items)``; when that fails, record by record: a record that will not
+        convert is dropped, counted (reason ``unconvertible``) and logged."""
+        try:
+            return convert(items)
+        except Exception:  # find the culprit(s)
+            pass
+        out: Columns = [[] for _ in self._specs[table].columns]
+        for item in items:
+            try:
+                columns = convert([item])
+            except Exception:
+                log.exception("capture: cannot convert a %s record; dropped", table)
+                self.drop(table, 1, "unconvertible")
+                continue
+            for into, values in zip(out, columns, strict=True):
+                into += values
+        return out
+
+    def _convert(self, table: str, chunks: list[tuple[Convert, Any]]) -> Columns:
+        """Columns of the chunks' records (see ``convert``)."""
         width = len(self._specs[table].columns)
         out: Columns = [[] for _ in range(width)]
         for convert, items in chunks:
-            if convert is _as_row:
-                parts = [columns_of(items, width)]
+            columns: Columns
+            if convert is _as_columns:
+                columns = items.columns
+            elif convert is _as_row:
+                columns = columns_of(items, width)
             else:
-                try:
-                    parts = [convert(items)]
-                except Exception:  # find the culprit(s): one by one
-                    parts = []
-                    for item in items:
-                        try:
-                            parts.append(convert([item]))
-                        except Exception:
-                            log.exception("capture: cannot convert a %s record; dropped", table)
-                            self.drop(table, 1, "unconvertible")
-            for columns in parts:
-                for into, values in zip(out, columns, strict=True):
-                    into += values
+                columns = self.convert(table, convert, items)
+            if len(chunks) == 1:
+                return columns
+            for into, values in zip(out, columns, strict=True):
+                into += values
         return out
 
     def _next_work(self, now: float) -> str | None:

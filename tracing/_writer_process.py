@@ -72,9 +72,15 @@ log = logging.getLogger("meshtap.capture")
 _STATUS_INTERVAL_S: Final = 0.5
 _START_TIMEOUT_S: Final = 60.0  # a cold interpreter importing the driver on a busy 2-core box
 _RESTART_BACKOFF_S: Final = (0.5, 5.0)
-_FRAME_ITEMS: Final = 5_000
-"""Records per frame to the child: large enough to amortise a send, small enough that the
-child starts converting while the next frame is packed."""
+_FRAME_ITEMS: Final = 256
+"""Records per frame to the child. Small on purpose: packing and pickling a frame holds the
+interpreter lock (about a millisecond for 256 events); the send that follows releases it, so
+the runtime's event loop never waits long for the lock. With large frames it would wait up to
+the interpreter's switch interval (5 ms) every time it came back from I/O."""
+_LINGER_S: Final = 0.005
+_CHILD_SWITCH_INTERVAL_S: Final = 0.0005
+"""In the child, the thread that inserts spends most of an insert waiting for ClickHouse and
+must get the lock back quickly from the thread converting the next batch."""
 _UP_GAUGE: Final = "meshtap_capture_clickhouse_up"
 _CHILD_MAIN: Final = (
     "import sys; from tracing._writer_process import main; sys.exit(main(sys.argv))"
@@ -134,6 +140,9 @@ class WriterProcess:
         self._unacked_total = 0
         self._child_memory: dict[str, int] = {}
         self._child_spooled = 0
+        self._child_held = 0
+        self._idle = False
+        self._tables = {name: feed.table for name, feed in FEEDS.items()}
         self._child_text = ""
         self._seq = 0
         self._accepting = True
@@ -166,27 +175,25 @@ class WriterProcess:
     # -- calling side (any thread; never blocks, never raises)
 
     def submit(self, feed: str, items: Sequence[Any]) -> int:
+        # On the runtime's event loop for every publish and delivery: keep it short.
         count = len(items)
         if not count:
             return 0
-        table = FEEDS[feed].table
+        table = self._tables[feed]
         with self._lock:
             if not self._accepting:
                 accepted, reason = 0, "closed"
             else:
-                held = (
-                    self._pending_total
-                    + self._unacked_total
-                    + sum(self._child_memory.values())
-                    + self._child_spooled
-                )
+                held = self._pending_total + self._unacked_total + self._child_held
                 room = self._settings.max_buffered - held
                 accepted, reason = (count if count <= room else max(0, room)), "overflow"
                 if accepted:
                     self._pending.append((feed, list(items[:accepted])))
                     self._pending_rows[table] += accepted
                     self._pending_total += accepted
-                    self._wake.notify()
+                    if self._idle:
+                        self._idle = False
+                        self._wake.notify()
         if accepted < count:
             self.drop(table, count - accepted, reason)
         return accepted
@@ -204,6 +211,11 @@ class WriterProcess:
             self._pending.append(marker)
             self._wake.notify()
         return marker.done.wait(timeout) and marker.ok
+
+    def _set_child(self, memory: dict[str, int], spooled: int) -> None:
+        """Under the lock: what the child last said it holds."""
+        self._child_memory, self._child_spooled = memory, spooled
+        self._child_held = sum(memory.values()) + spooled
 
     # -- lifecycle
 
@@ -257,7 +269,7 @@ class WriterProcess:
         ready: tuple[threading.Event, list[str | None]] = (threading.Event(), [None])
         with self._lock:
             self._process, self._conn, self._ready = process, conn, ready
-            self._child_memory, self._child_spooled = {}, 0
+            self._set_child({}, 0)
         self._alive.set()
         self._closed_reply.clear()
         threading.Thread(
@@ -308,7 +320,7 @@ class WriterProcess:
                     lost[table] = lost.get(table, 0) + count
             self._unacked.clear()
             self._unacked_total = 0
-            self._child_memory = {}
+            self._set_child({}, self._child_spooled)
             ready = self._ready
             expected = self._closed_reply.is_set() or self._stopping
             flushes = list(self._flushes.values())
@@ -337,11 +349,11 @@ class WriterProcess:
             _, seq, memory, spooled = message
             with self._lock:
                 self._unacked_total -= sum(self._unacked.pop(seq, {}).values())
-                self._child_memory, self._child_spooled = memory, spooled
+                self._set_child(memory, spooled)
         elif kind == "status":
             _, memory, spooled, text = message
             with self._lock:
-                self._child_memory, self._child_spooled = memory, spooled
+                self._set_child(memory, spooled)
                 self._child_text = text
         elif kind == "log":
             _, level, name, text = message
@@ -357,7 +369,7 @@ class WriterProcess:
             _, ok, text = message
             with self._lock:
                 self._child_text = text
-                self._child_memory = {}
+                self._set_child({}, self._child_spooled)
                 marker = self._flushes.pop(-1, None)
             self._closed_reply.set()
             if marker is not None:
@@ -376,15 +388,26 @@ class WriterProcess:
         while True:
             with self._lock:
                 while not self._pending and not self._stopping:
+                    self._idle = True
                     self._wake.wait(1.0)
+                self._idle = False
                 if self._stopping:
                     return
+                if self._pending_total < _FRAME_ITEMS and not isinstance(
+                    self._pending[-1], _Marker
+                ):
+                    self._wake.wait(_LINGER_S)  # gather a frame's worth: fewer, fuller frames
+                    if self._stopped():
+                        return
             if not self._alive.is_set():
                 if not self._restart(verify, backoff):
                     backoff = min(backoff * 2, _RESTART_BACKOFF_S[1])
                     continue
                 backoff = _RESTART_BACKOFF_S[0]
             self._send_some()
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def _restart(self, verify: str, backoff: float) -> bool:
         time.sleep(backoff)
@@ -402,6 +425,8 @@ class WriterProcess:
     def _send_some(self) -> None:
         """Send the records waiting (up to a frame) or the next flush/close request."""
         with self._lock:
+            if not self._pending:
+                return
             head = self._pending[0]
             if isinstance(head, _Marker):
                 self._pending.popleft()
@@ -605,6 +630,7 @@ class _Child:
         # by generation costs more than the conversion itself.
         gc.freeze()
         gc.set_threshold(100_000, 50, 50)
+        sys.setswitchinterval(_CHILD_SWITCH_INTERVAL_S)
         self.send(("ready", None))
         threading.Thread(target=self._report, args=(writer,), daemon=True).start()
         try:
@@ -624,7 +650,11 @@ class _Child:
             if kind == "records":
                 _, seq, batches = message
                 for feed, packed in batches:
-                    writer.submit(FEEDS[feed].table, packed, converters[feed])
+                    # Converted here, on the thread that receives: the writer thread is then
+                    # free to insert the previous batch meanwhile (waiting for ClickHouse
+                    # releases the interpreter lock).
+                    table = FEEDS[feed].table
+                    writer.submit_columns(table, writer.convert(table, converters[feed], packed))
                 self.send(("ack", seq, *writer.held()))
             elif kind == "flush":
                 _, seq, timeout = message
