@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
 from runtime import CaptureConfig, CaptureNotReady, CloudEvent, PublishRecord
@@ -35,7 +36,7 @@ from runtime._capture import open_capture
 from tests.meshes import event, free_port, running
 from tests.servers import ClickHouseServer
 from tests.sinks import Push, RecordingSink
-from tracing import ClickHouseCapture, RedactionConfigError
+from tracing import ClickHouseCapture, RedactionConfigError, trace_by_id
 from tracing._rows import EVENTS as EVENTS_SPEC
 from tracing._rows import TABLES, event_row, rfc3339_ns, traceparent_ids
 from tracing._writer import SpoolFormatError, decode_spool, encode_spool
@@ -320,6 +321,75 @@ async def test_publishes_deliveries_and_spans_are_recorded_in_full(store: Store)
         trace_spans
     )
     assert store.query(EVENTS_OF_TRACE, {"trace_id": binary["trace_id"]}) == [("b-1",)]
+
+
+async def test_one_trace_shows_the_producer_app_the_mesh_and_the_consumer_app(
+    store: Store,
+) -> None:
+    """An instrumented producer publishes inside its span; the mesh records its publish and
+    process spans; the consumer handles the push inside a span continuing the push's
+    ``traceparent``; both applications export to the runtime's OTLP receiver. The stored
+    trace, read back with ``trace_by_id``, holds all four spans, parent by parent, and the
+    event with its delivery."""
+    finished = InMemorySpanExporter()
+    propagator = TraceContextTextMapPropagator()
+
+    def app_tracer(service: str) -> Any:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(SimpleSpanProcessor(finished))
+        return provider.get_tracer(service)
+
+    producer, consumer = app_tracer("checkout"), app_tracer("shipping")
+
+    def ship(push: Push) -> web.Response:
+        headers = {k.lower(): v for k, v in push.headers.items()}
+        context = propagator.extract({"traceparent": headers["traceparent"]})
+        with consumer.start_as_current_span("ship order", context=context, kind=SpanKind.CONSUMER):
+            return web.Response(status=204)
+
+    sink = await RecordingSink(respond=ship).start()
+    capture = ClickHouseCapture(store.config())
+    try:
+        async with running(capture=capture, otlp_http_port=free_port()) as (runtime, client):
+            await client.subscribe(topic="orders.placed", group="shipping", sink=sink.url)
+            with producer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER):
+                carrier: dict[str, str] = {}
+                propagator.inject(carrier)
+                await client.publish(
+                    "orders.placed", event("o-1", traceparent=carrier["traceparent"])
+                )
+            await sink.wait_for(1)
+            assert runtime.otlp is not None
+            exporter = OTLPSpanExporter(
+                endpoint=f"http://127.0.0.1:{runtime.otlp.http_port}/v1/traces"
+            )
+            try:
+                result = await asyncio.to_thread(exporter.export, finished.get_finished_spans())
+            finally:
+                exporter.shutdown()  # type: ignore[no-untyped-call]
+            assert result is SpanExportResult.SUCCESS
+    finally:
+        await sink.stop()
+
+    trace_id = carrier["traceparent"].split("-")[1]
+    with ClickHouse.open(store.url) as ch:
+        trace = trace_by_id(ch, trace_id)
+    assert trace is not None
+    spans = {(s.service_name, s.name): s for s in trace.spans}
+    app = spans["checkout", "POST /checkout"]
+    publish = spans["meshtap-runtime", "publish orders.placed"]
+    process = spans["meshtap-runtime", "process orders.placed"]
+    shipped = spans["shipping", "ship order"]
+    assert len(trace.spans) == 4, sorted(spans)
+    assert app.parent_span_id == ""  # the producer app is the root ...
+    assert publish.parent_span_id == app.span_id  # ... the mesh took the event inside it ...
+    assert process.parent_span_id == app.span_id  # ... delivered it in the producer's context
+    assert shipped.parent_span_id == process.span_id  # ... and the consumer app continued it
+    assert (publish.kind, process.kind, shipped.kind) == ("client", "consumer", "consumer")
+    (carried,) = trace.events
+    assert carried.event.event_id == "o-1"
+    assert [(d.group, d.outcome) for d in carried.deliveries] == [("shipping", "acked")]
+    assert carried.deliveries[0].span_id == process.span_id
 
 
 async def test_redacted_values_appear_in_no_stored_row(store: Store) -> None:

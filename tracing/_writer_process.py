@@ -23,7 +23,8 @@ are the ones documented in ``_writer``. What this module adds:
 * **Metrics.** The child sends its registry (the Prometheus text format) with each status
   (every 0.5 s and on close); :meth:`WriterProcess.collector` merges it with this side's
   counters (drops here, records waiting here), so the runtime's ``/metrics`` shows one set.
-  ``meshtap_capture_writer_restarts_total`` counts child restarts.
+  ``meshtap_capture_writer_restarts_total`` counts child restarts and
+  ``meshtap_capture_unsent_rows{table}`` the records not yet taken by the child.
 * **Logs.** The child's log records come back over the socket and are logged here, under
   the same logger names, with the runtime's logging configuration.
 * **Shutdown.** ``flush`` and ``close`` travel in order behind the records. The child ignores
@@ -56,6 +57,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -163,6 +165,7 @@ class WriterProcess:
             "Times the capture's writer process died and was started again.",
             registry=self.metrics.registry,
         )
+        self.metrics.registry.register(_Unsent(self._unsent))
         self._collector = _MergedCollector(self.metrics.registry, lambda: self._child_text)
 
     @property
@@ -325,8 +328,8 @@ class WriterProcess:
             expected = self._closed_reply.is_set() or self._stopping
             flushes = list(self._flushes.values())
             self._flushes.clear()
-            self._wake.notify_all()
-        self._alive.clear()
+            self._alive.clear()
+            self._wake.notify_all()  # the feeder starts another child
         if ready is not None and not ready[0].is_set():
             ready[1][0] = f"the capture writer process exited at start (code {process.returncode})"
             ready[0].set()
@@ -359,8 +362,9 @@ class WriterProcess:
             _, level, name, text = message
             logging.getLogger(name).log(level, "%s", text)
         elif kind == "flushed":
-            _, seq, ok = message
+            _, seq, ok, memory, spooled = message
             with self._lock:
+                self._set_child(memory, spooled)
                 marker = self._flushes.pop(seq, None)
             if marker is not None:
                 marker.ok = ok
@@ -387,14 +391,16 @@ class WriterProcess:
         backoff = _RESTART_BACKOFF_S[0]
         while True:
             with self._lock:
-                while not self._pending and not self._stopping:
+                while not self._pending and not self._stopping and self._alive.is_set():
                     self._idle = True
                     self._wake.wait(1.0)
                 self._idle = False
                 if self._stopping:
                     return
-                if self._pending_total < _FRAME_ITEMS and not isinstance(
-                    self._pending[-1], _Marker
+                if (
+                    self._pending
+                    and self._pending_total < _FRAME_ITEMS
+                    and not isinstance(self._pending[-1], _Marker)
                 ):
                     self._wake.wait(_LINGER_S)  # gather a frame's worth: fewer, fuller frames
                     if self._stopped():
@@ -466,7 +472,10 @@ class WriterProcess:
         except OSError:
             # The child is gone: the listener counts what it held; these go back to the front.
             with self._lock:
-                self._unacked_total -= sum(self._unacked.pop(seq, {}).values())
+                entry = self._unacked.pop(seq, None)
+                if entry is None:
+                    return  # the listener counted them lost already (writer_died)
+                self._unacked_total -= sum(entry.values())
                 for feed, items in reversed(taken):
                     self._pending.appendleft((feed, items))
                     self._pending_rows[FEEDS[feed].table] += len(items)
@@ -520,7 +529,33 @@ class WriterProcess:
         )
 
     def _state(self) -> tuple[dict[str, int], dict[str, int], bool]:
-        return dict(self._pending_rows), {}, True
+        return {}, {}, True  # what the writer holds comes from the child's report
+
+    def _unsent(self) -> dict[str, int]:
+        with self._lock:
+            unsent = dict(self._pending_rows)
+            for by_table in self._unacked.values():
+                for table, count in by_table.items():
+                    unsent[table] += count
+        return unsent
+
+
+class _Unsent:
+    """``meshtap_capture_unsent_rows{table}``: records in the runtime, not yet taken by the
+    writer process (waiting to be sent, or sent and not yet acknowledged)."""
+
+    def __init__(self, unsent: Any) -> None:
+        self._unsent = unsent
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "meshtap_capture_unsent_rows",
+            "Capture records in the runtime waiting for the writer process to take them.",
+            labels=["table"],
+        )
+        for table, count in self._unsent().items():
+            gauge.add_metric([table], count)
+        yield gauge
 
 
 class _MergedCollector:
@@ -658,7 +693,8 @@ class _Child:
                 self.send(("ack", seq, *writer.held()))
             elif kind == "flush":
                 _, seq, timeout = message
-                self.send(("flushed", seq, writer.flush(timeout)))
+                ok = writer.flush(timeout)
+                self.send(("flushed", seq, ok, *writer.held()))
             elif kind == "close":
                 _, _, timeout = message
                 ok = writer.close(timeout)
