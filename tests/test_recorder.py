@@ -31,14 +31,26 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
-from runtime import CaptureConfig, CaptureNotReady, CloudEvent, PublishRecord
+from runtime import CaptureConfig, CaptureNotReady, CloudEvent, DeliveryRecord, PublishRecord
 from runtime._capture import open_capture
 from tests.meshes import event, free_port, running
 from tests.servers import ClickHouseServer
 from tests.sinks import Push, RecordingSink
 from tracing import ClickHouseCapture, RedactionConfigError, trace_by_id
+from tracing._rows import DELIVERIES as DELIVERIES_SPEC
 from tracing._rows import EVENTS as EVENTS_SPEC
-from tracing._rows import TABLES, event_row, rfc3339_ns, traceparent_ids
+from tracing._rows import (
+    TABLES,
+    columns_of,
+    delivery_columns,
+    delivery_parts,
+    delivery_row,
+    event_columns,
+    event_row,
+    publish_parts,
+    rfc3339_ns,
+    traceparent_ids,
+)
 from tracing._writer import SpoolFormatError, decode_spool, encode_spool
 from tracing.clickhouse import ClickHouse, Purpose, migrate, plan
 
@@ -652,6 +664,49 @@ def test_event_rows_keep_every_attribute_and_clamp_what_would_not_fit() -> None:
         )
     )
     assert (late["published_ns"], late["published_at"]) == (0, 0)
+
+
+def test_batches_convert_column_by_column_exactly_as_row_by_row() -> None:
+    """The writer converts whole batches (``event_columns``/``delivery_columns``, fast paths
+    for plain ASCII); every value rule of the row functions holds for them too, whichever
+    record in the batch breaks the fast path."""
+    plain: dict[str, Any] = {"specversion": "1.0", "id": "p", "source": "/s", "type": "t"}
+    odd = [
+        {**plain, "id": "e-\ud800", "subject": "caf\u00e9", "tenant": "\u00e9t\u00e9"},
+        {**plain, "time": "2026-01-31T14:00:00.1+02:00", "count": 7, "on": True, "ratio": 0.5},
+        {**plain, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        {**plain, "partitionkey": "k", "replayid": "r", "dataschema": "s", "\u00e9x": "v"},
+    ]
+    records = [publish_record(CloudEvent(plain, b"x"), topic="ascii")]
+    records += [publish_record(CloudEvent(a, NOT_UTF8)) for a in odd]
+    records += [
+        publish_record(CloudEvent(plain), published_ns=-5, topic="t\u00e9", producer="\ud800"),
+        publish_record(CloudEvent(plain), published_ns=1 << 70),
+    ]
+    for batch in ([records[0]], records, records[::-1]):
+        expected = columns_of([event_row(r) for r in batch], len(EVENTS_SPEC.columns))
+        assert event_columns([publish_parts(r) for r in batch]) == expected
+    deliveries = [
+        DeliveryRecord(
+            event_id=f"e-{i}",
+            topic="t\u00e9" if i == 1 else "t",
+            group="g",
+            subscription_id="s",
+            subscriber="http://sink",
+            attempt=attempt,
+            outcome="retry",
+            status_code=status,
+            error="\ud800" if i == 2 else "",
+            duration_ns=-1 if i == 3 else 5,
+            latency_ns=1 << 70,
+            attempted_ns=1_769_860_800_000_000_007,
+            instance="i",
+        )
+        for i, (attempt, status) in enumerate([(1, 503), (70_000, 70_000), (2, 0), (3, 204)])
+    ]
+    for batch in (deliveries[:1], deliveries):
+        expected = columns_of([delivery_row(d) for d in batch], len(DELIVERIES_SPEC.columns))
+        assert delivery_columns([delivery_parts(d) for d in batch]) == expected
 
 
 def test_spool_files_round_trip_byte_exact_and_refuse_what_they_cannot_trust() -> None:
