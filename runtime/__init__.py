@@ -29,6 +29,7 @@ from runtime._errors import (
     SubscriptionNotFound,
 )
 from runtime._events import CloudEvent
+from runtime._topics import TopicPattern, compile_pattern, validate_pattern
 
 __all__ = [
     "CaptureConfig",
@@ -51,4 +52,7 @@ __all__ = [
     "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
+    "TopicPattern",
+    "compile_pattern",
+    "validate_pattern",
 ]
