@@ -138,6 +138,7 @@ _LOOKUP_CHARS: Final = 40_000
 _LOOKUP_VALUES: Final = 2_000
 _MISSING_SCHEMA_CODES: Final = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 _DROP_LOG_INTERVAL_S: Final = 10.0
+_OUTAGE_LOG_INTERVAL_S: Final = 60.0
 
 _INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -513,12 +514,20 @@ class _Throttle:
         self._lock = threading.Lock()
 
     def error(self, kind: str, message: str, *args: object) -> None:
+        self.log(logging.ERROR, kind, message, *args)
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(kind, -math.inf) < self._interval:
                 return
             self._last[kind] = now
-        log.error(message, *args)
+        log.log(level, message, *args)
+
+    def mark(self, kind: str) -> None:
+        """Count now as the last time ``kind`` was logged (it was, by other means)."""
+        with self._lock:
+            self._last[kind] = time.monotonic()
 
 
 class _DropLog:
@@ -679,6 +688,8 @@ class BatchWriter:
         self._writer_id = f"{socket.gethostname()}/{os.getpid()}"
         self._drops = _DropLog()
         self._problems = _Throttle()
+        self._outage = _Throttle(_OUTAGE_LOG_INTERVAL_S)
+        self._down_since = 0.0
         self.metrics = CaptureMetrics(tuple(self._specs), self._state)
 
     # -- the calling side (any thread; never blocks on I/O, never raises) ----------------------
@@ -770,6 +781,7 @@ class BatchWriter:
         self._verified = available or verify is None
         if not available:
             self._up = False
+            self._down_since = time.monotonic()
             self._failures = 1
             self._retry_at = time.monotonic() + _BACKOFF_BASE_S
         self._thread = threading.Thread(
@@ -1013,8 +1025,22 @@ class BatchWriter:
                 error,
                 self._spool_dir,
             )
+            self._down_since = time.monotonic()
+            self._outage.mark("down")
         elif isinstance(error, SchemaNotMigrated):
             self._problems.error("schema", "capture: still spooling: %s", error)
+        else:  # one line a minute while it lasts, instead of one per retry
+            self._outage.log(
+                logging.WARNING,
+                "down",
+                "capture: ClickHouse still unreachable after %.0f s and %d attempts (%s); "
+                "%d rows wait in the spool %s",
+                time.monotonic() - self._down_since,
+                self._failures,
+                error,
+                self._spooled_total,
+                self._spool_dir,
+            )
         self._up = False
 
     # -- the spool

@@ -640,7 +640,6 @@ class _Child:
         root = logging.getLogger()
         root.handlers[:] = [_Forward(self.send)]
         root.setLevel(settings.log_level)
-        logging.getLogger("clickhouse_driver").setLevel(logging.ERROR)
         converters = _converters(_converter(settings))
         writer = BatchWriter(
             TABLES,
