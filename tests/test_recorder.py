@@ -675,6 +675,19 @@ def test_batches_convert_column_by_column_exactly_as_row_by_row() -> None:
         {**plain, "id": "e-\ud800", "subject": "caf\u00e9", "tenant": "\u00e9t\u00e9"},
         {**plain, "time": "2026-01-31T14:00:00.1+02:00", "count": 7, "on": True, "ratio": 0.5},
         {**plain, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        *(
+            {**plain, "traceparent": tp}
+            for tp in (
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+                "00-" + "0" * 32 + "-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                "00_0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331_01",
+                "00-0af7651916cd43dd8448eb211c8031-c-b7ad6b7169203331-01",
+            )
+        ),
         {**plain, "partitionkey": "k", "replayid": "r", "dataschema": "s", "\u00e9x": "v"},
     ]
     records = [publish_record(CloudEvent(plain, b"x"), topic="ascii")]

@@ -750,11 +750,11 @@ def event_columns(parts: Sequence[PublishParts], redactor: Redactor | None = Non
     def attribute(name: str) -> list[Any]:
         return _texts([a.get(name, "") for a in attributes])
 
-    ext_keys = [sorted(a.keys() - CORE_ATTRIBUTES) for a in attributes]
+    ext_keys = _extension_keys(attributes)
     ext_values = [[a[k] for k in keys] for a, keys in zip(attributes, ext_keys, strict=True)]
     _nested_texts(ext_keys, lambda keys: [k if k.isascii() else _text(k) for k in keys])
     _nested_texts(ext_values, _texts)
-    traces = [traceparent_ids(a.get("traceparent")) for a in attributes]
+    traces = [_trace_ids(a.get("traceparent")) for a in attributes]
     data = [
         d if type(d) is bytes else (bytes(d) if d is not None else b"")
         for d in (p[1] for p in parts)
@@ -785,6 +785,45 @@ def event_columns(parts: Sequence[PublishParts], redactor: Redactor | None = Non
         [s for _, s in traces],
         attribute("replayid"),
     ]
+
+
+def _extension_keys(attributes: list[Mapping[str, Any]]) -> list[list[str]]:
+    """The sorted extension names of each event. Events of one batch nearly always carry the
+    same attribute names in the same order, so the answer is worked out once per distinct
+    order (the lists are shared between rows: nothing downstream changes them in place)."""
+    known: dict[tuple[str, ...], list[str]] = {}
+    out = []
+    for a in attributes:
+        names = tuple(a)
+        keys = known.get(names)
+        if keys is None:
+            keys = known[names] = sorted(a.keys() - CORE_ATTRIBUTES)
+        out.append(keys)
+    return out
+
+
+_HEX: Final = "0123456789abcdef"
+
+
+def _trace_ids(value: object) -> tuple[str, str]:
+    """``traceparent_ids`` with a fast path for the usual version-00 value (what the runtime
+    stamps); anything unusual goes the long way."""
+    if (
+        type(value) is str
+        and len(value) == 55
+        and value.startswith("00-")
+        and value[35] == "-"
+        and value[52] == "-"
+        and value.count("-") == 3
+    ):
+        trace_id, span_id = value[3:35], value[36:52]
+        if (
+            not value[3:].replace("-", "").strip(_HEX)
+            and trace_id != _ZERO_TRACE
+            and span_id != _ZERO_SPAN
+        ):
+            return trace_id, span_id
+    return traceparent_ids(value)
 
 
 def _redacted(parts: PublishParts, redactor: Redactor) -> PublishParts:

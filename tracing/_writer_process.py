@@ -65,7 +65,7 @@ from prometheus_client.samples import Sample
 from tracing._redaction import Redactor
 from tracing._rows import FEEDS, TABLES, RowConverter
 from tracing._writer import BatchWriter, CaptureMetrics, _DropLog
-from tracing.clickhouse import ClickHouse, check, migrate
+from tracing.clickhouse import ClickHouse, ClickhouseError, check, migrate
 
 __all__ = ["WriterProcess", "WriterSettings"]
 
@@ -650,6 +650,9 @@ class _Child:
         )
         try:
             client = ClickHouse.open(settings.url, connect_timeout=settings.connect_timeout_s)
+            if available:  # load the driver and connect now, not on the first batch
+                with contextlib.suppress(ClickhouseError):
+                    client.ping()
             try:
                 writer.start(
                     client, available=available, verify=migrate if verify == "migrate" else check
