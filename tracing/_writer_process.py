@@ -209,7 +209,7 @@ class WriterProcess:
         """Wait until what was submitted before the call is written or spooled by the child."""
         marker = _Marker("flush", timeout)
         with self._lock:
-            if self._closed:
+            if self._closed or self._feeder is None:
                 return not self._pending_total
             self._pending.append(marker)
             self._wake.notify()
@@ -629,8 +629,9 @@ class _Child:
         self._stop = threading.Event()
 
     def send(self, message: Any) -> None:
+        """Send to the parent; if it is gone, the next receive says so (end of file)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        with self._send_lock:
+        with self._send_lock, contextlib.suppress(OSError):
             self._conn.send_bytes(data)
 
     def run(self) -> int:
@@ -710,8 +711,7 @@ class _Child:
                 writer.close(1.0)
                 os._exit(0)
             text = generate_latest(writer.metrics.registry).decode()
-            with contextlib.suppress(OSError):
-                self.send(("status", *writer.held(), text))
+            self.send(("status", *writer.held(), text))
 
 
 def main(argv: Sequence[str]) -> int:
