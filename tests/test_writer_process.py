@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime import CaptureConfig
+from runtime import CaptureConfig, CaptureNotReady
 from tests.meshes import Client, RuntimeProcess, event, running
 from tests.servers import ClickHouseServer
 from tracing import ClickHouseCapture
@@ -222,6 +222,22 @@ async def test_a_writer_process_that_dies_is_started_again_and_capture_goes_on(
     messages = [r.getMessage() for r in caplog.records]
     assert any("exited unexpectedly" in m for m in messages), messages
     assert not writers(os.getpid())  # closed: no writer left
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_a_spool_directory_that_cannot_be_made_is_not_ready_and_says_which_flag(
+    clickhouse_server: ClickHouseServer, tmp_path: Path, writer: str
+) -> None:
+    server = migrated(clickhouse_server)
+    (tmp_path / "a-file").write_text("not a directory")
+    capture = ClickHouseCapture(
+        CaptureConfig(
+            url=server.url, spool_dir=str(tmp_path / "a-file" / "spool"), options={"writer": writer}
+        )
+    )
+    with pytest.raises(CaptureNotReady, match=r"a-file/spool.*choose another with --capture-spool"):
+        await capture.start()
+    assert not writers(os.getpid())
 
 
 def test_the_writer_runs_in_a_process_only_where_chdb_does_not_forbid_it(tmp_path: Path) -> None:

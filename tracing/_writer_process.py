@@ -269,7 +269,7 @@ class WriterProcess:
         finally:
             theirs.close()
         conn = Connection(ours.detach())
-        ready: tuple[threading.Event, list[str | None]] = (threading.Event(), [None])
+        ready: tuple[threading.Event, list[str | None]] = (threading.Event(), [None, ""])
         with self._lock:
             self._process, self._conn, self._ready = process, conn, ready
             self._set_child({}, 0)
@@ -286,6 +286,8 @@ class WriterProcess:
             )
         if ready[1][0] is not None:
             self._reap(5.0)
+            if ready[1][1] == "spool":
+                raise OSError(ready[1][0])  # what the thread writer raises: the caller's hint
             raise WriterStartError(ready[1][0])
 
     def _reap(self, timeout: float) -> None:
@@ -382,7 +384,7 @@ class WriterProcess:
         elif kind == "ready":
             ready = self._ready
             if ready is not None:
-                ready[1][0] = message[1]
+                ready[1][:] = message[1:]
                 ready[0].set()
 
     # -- the feeder thread
@@ -661,15 +663,18 @@ class _Child:
             except BaseException:
                 client.close()
                 raise
+        except OSError as e:  # the spool directory (the client opens no files or sockets yet)
+            self.send(("ready", str(e), "spool"))
+            return 1
         except Exception as e:
-            self.send(("ready", f"{type(e).__name__}: {e}"))
+            self.send(("ready", f"{type(e).__name__}: {e}", "other"))
             return 1
         # Batches are short-lived lists and tuples with no cycles: collecting them generation
         # by generation costs more than the conversion itself.
         gc.freeze()
         gc.set_threshold(100_000, 50, 50)
         sys.setswitchinterval(_CHILD_SWITCH_INTERVAL_S)
-        self.send(("ready", None))
+        self.send(("ready", None, ""))
         threading.Thread(target=self._report, args=(writer,), daemon=True).start()
         try:
             return self._serve(writer, converters, settings)
