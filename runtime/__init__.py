@@ -30,6 +30,7 @@ from runtime._errors import (
     SubscriptionNotFound,
 )
 from runtime._events import CloudEvent
+from runtime._topics import TopicPattern, compile_pattern, validate_pattern
 
 __all__ = [
     "CaptureConfig",
@@ -53,4 +54,7 @@ __all__ = [
     "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
+    "TopicPattern",
+    "compile_pattern",
+    "validate_pattern",
 ]

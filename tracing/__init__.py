@@ -4,8 +4,9 @@ Depends on `runtime` (never the other way round); no Django here.
 
 * :class:`ClickHouseCapture` -- the capture plugin the runtime loads for ``clickhouse://`` and
   ``chdb://`` URLs (entry points ``meshtap.capture``): records publishes, delivery attempts
-  and spans into ClickHouse through a batch writer that spools while ClickHouse is away, and
-  provides the runtime's OpenTelemetry ``TracerProvider`` and Prometheus collector.
+  and spans into ClickHouse through a batch writer that spools while ClickHouse is away (in a
+  child process of its own for ``clickhouse://``, a thread for ``chdb://``), and provides the
+  runtime's OpenTelemetry ``TracerProvider`` and Prometheus collector.
 * :class:`ClickHouseSpanExporter` -- an OpenTelemetry SDK span exporter into the same store
   (``ClickHouseCapture.span_exporter()``).
 * :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from runtime._topics import compile_pattern
+from runtime import compile_pattern
 from tracing._read_models import (
     DeliveryAttempt,
     EventRow,
