@@ -17,6 +17,9 @@ from runtime._capture import (
     SpanRecord,
 )
 from runtime._errors import (
+    BridgeExists,
+    BridgeNotFound,
+    InvalidBridge,
     InvalidCloudEvent,
     InvalidFilter,
     InvalidRequest,
@@ -32,11 +35,14 @@ from runtime._errors import (
 from runtime._events import CloudEvent
 
 __all__ = [
+    "BridgeExists",
+    "BridgeNotFound",
     "CaptureConfig",
     "CaptureNotReady",
     "CaptureSink",
     "CloudEvent",
     "DeliveryRecord",
+    "InvalidBridge",
     "InvalidCloudEvent",
     "InvalidFilter",
     "InvalidRequest",
