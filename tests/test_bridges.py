@@ -19,6 +19,7 @@ from runtime._config import config_from_args
 from runtime._server import Runtime
 from tests.meshes import Client, RuntimeProcess, event, free_port, running
 from tests.sinks import RecordingSink
+from tests.test_capture_hooks import ListCapture
 
 STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 FAST_RETRY = {"max_attempts": 3, "initial_backoff_ms": 50, "max_backoff_ms": 200}
@@ -428,3 +429,35 @@ async def test_bridge_flag_forwards_from_a_runtime_process(sink: RecordingSink) 
                 assert (await response.json())["rename"] == {"strip": "", "prefix": "dmz."}
         finally:
             process.kill()
+
+
+async def test_bridge_deliveries_are_captured_in_the_events_trace(sink: RecordingSink) -> None:
+    """Capture sees a bridge push as a delivery attempt of group bridge.NAME to the target, and
+    the forwarded event keeps its trace context, so one trace spans both meshes."""
+    dmz_capture, internal_capture = ListCapture(), ListCapture()
+    async with (
+        running(capture=internal_capture, mesh_name="internal") as (inner, internal),
+        running(capture=dmz_capture, mesh_name="dmz") as (_, dmz),
+    ):
+        await internal.subscribe(topic="orders", group="billing", sink=sink.url)
+        await add_bridge(dmz, name="in", topic="orders", target=inner.http_url)
+        await dmz.publish("orders", event("t-1"))
+        await sink.wait_for(1)
+        await eventually(lambda: _async(len(internal_capture.deliveries) >= 1))
+        (published,) = dmz_capture.published
+        (attempt,) = [d for d in dmz_capture.deliveries if d.event_id == "t-1"]
+        assert (attempt.group, attempt.subscriber, attempt.outcome) == (
+            "bridge.in",
+            inner.http_url,
+            "acked",
+        )
+        trace_id = str(published.event.attributes["traceparent"]).split("-")[1]
+        assert attempt.trace_id == trace_id
+        (arrived,) = internal_capture.published
+        assert arrived.event.attributes["traceparent"] == published.event.attributes["traceparent"]
+        assert arrived.event.attributes["meshpath"] == "dmz"
+        assert internal_capture.deliveries[0].trace_id == trace_id
+
+
+async def _async(value: bool) -> bool:
+    return value
