@@ -25,6 +25,7 @@ import re
 import time
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -48,6 +49,7 @@ from runtime._subscriptions import (
     timeout_field,
 )
 from runtime._topics import validate_pattern, validate_topic
+from runtime._tracing import qualified_name
 from runtime.client import (
     AsyncMeshClient,
     Backoff,
@@ -338,11 +340,16 @@ def _wire_json(event: CloudEvent) -> dict[str, Any]:
     return out
 
 
+_TOO_LARGE: Final = frozenset({"413", "RESOURCE_EXHAUSTED"})
+
+
 class BridgeChannel:
     """The `bridge` push channel: publishes a delivery's events into the target mesh.
 
     One delivery attempt is one call per run of same-topic events; the whole attempt is retried
-    when any call fails (at-least-once: the target may see a run twice, never out of order).
+    when any call fails (at-least-once: the target may see a run twice, never out of order). A
+    run the target finds too large (over its --max-payload-bytes) is split in halves and sent
+    in order, so only an event too large on its own is dead-lettered.
     """
 
     def __init__(self, mesh_name: str) -> None:
@@ -390,54 +397,75 @@ class BridgeChannel:
                     error=f"bridge {route.name!r} renames to an invalid topic: {e}",
                     error_type="_OTHER",
                 )
-        if subscription.sink.startswith("grpc://"):
-            return await self._push_grpc(subscription, forwarded, started)
-        return await self._push_http(subscription, forwarded, started, trace_headers)
+        status: int | None = None
+        for topic, events in _runs(forwarded):
+            failure = await self._send_splitting(subscription, topic, events, trace_headers)
+            if failure is not None:
+                return replace(failure, duration_s=time.perf_counter() - started)
+            status = None if subscription.sink.startswith("grpc://") else 200
+        return PushResult(Outcome.ACKED, time.perf_counter() - started, status)
 
-    async def _push_http(
+    async def _send_splitting(
         self,
         subscription: Subscription,
-        forwarded: Sequence[tuple[str, CloudEvent]],
-        started: float,
+        topic: str,
+        events: Sequence[CloudEvent],
         trace_headers: Mapping[str, str] | None,
-    ) -> PushResult:
+    ) -> PushResult | None:
+        """Send one run; None once the target accepted all of it, else why not."""
+        if subscription.sink.startswith("grpc://"):
+            failure = await self._send_grpc(subscription, topic, events)
+        else:
+            failure = await self._send_http(subscription, topic, events, trace_headers)
+        if failure is None or failure.error_type not in _TOO_LARGE or len(events) == 1:
+            return failure
+        half = len(events) // 2
+        return await self._send_splitting(
+            subscription, topic, events[:half], trace_headers
+        ) or await self._send_splitting(subscription, topic, events[half:], trace_headers)
+
+    async def _send_http(
+        self,
+        subscription: Subscription,
+        topic: str,
+        events: Sequence[CloudEvent],
+        trace_headers: Mapping[str, str] | None,
+    ) -> PushResult | None:
         assert self._session is not None, "BridgeChannel.start() was not called"
         headers = {"content-type": BATCH_CONTENT_TYPE, **(trace_headers or {})}
         timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
-        for topic, events in _runs(forwarded):
-            url = f"{subscription.sink}/v1/topics/{topic}/events"
-            body = json.dumps([_wire_json(e) for e in events], separators=(",", ":"))
-            try:
-                async with self._session.post(
-                    url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False
-                ) as response:
-                    reply = await response.read()
-                    outcome, error = self._judge(response.status, reply)
-                    if outcome is not Outcome.ACKED:
-                        return PushResult(
-                            outcome,
-                            time.perf_counter() - started,
-                            response.status,
-                            error.replace("sink", f"target mesh {subscription.sink}", 1),
-                            str(response.status),
-                        )
-            except TimeoutError:
-                return PushResult(
-                    Outcome.RETRY,
-                    time.perf_counter() - started,
-                    error=f"target mesh {subscription.sink} did not answer within "
-                    f"{subscription.timeout_ms} ms",
-                    error_type="timeout",
-                )
-            except (aiohttp.ClientError, OSError) as e:
-                return PushResult(
-                    Outcome.RETRY,
-                    time.perf_counter() - started,
-                    error=f"cannot forward to target mesh {subscription.sink}: "
-                    f"{type(e).__name__}: {e}",
-                    error_type=type(e).__qualname__,
-                )
-        return PushResult(Outcome.ACKED, time.perf_counter() - started, 200)
+        url = f"{subscription.sink}/v1/topics/{topic}/events"
+        body = json.dumps([_wire_json(e) for e in events], separators=(",", ":"))
+        try:
+            async with self._session.post(
+                url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                reply = await response.read()
+                outcome, error = self._judge(response.status, reply)
+        except TimeoutError:
+            return PushResult(
+                Outcome.RETRY,
+                0.0,
+                error=f"target mesh {subscription.sink} did not answer within "
+                f"{subscription.timeout_ms} ms",
+                error_type="timeout",
+            )
+        except (aiohttp.ClientError, OSError) as e:
+            return PushResult(
+                Outcome.RETRY,
+                0.0,
+                error=f"cannot forward to target mesh {subscription.sink}: {type(e).__name__}: {e}",
+                error_type=qualified_name(e),
+            )
+        if outcome is Outcome.ACKED:
+            return None
+        return PushResult(
+            outcome,
+            0.0,
+            response.status,
+            error.replace("sink", f"target mesh {subscription.sink}", 1),
+            str(response.status),
+        )
 
     def _client(self, target: str, timeout_s: float) -> AsyncMeshClient:
         client = self._clients.get(target)
@@ -448,30 +476,25 @@ class BridgeChannel:
         client.timeout_s = timeout_s
         return client
 
-    async def _push_grpc(
-        self,
-        subscription: Subscription,
-        forwarded: Sequence[tuple[str, CloudEvent]],
-        started: float,
-    ) -> PushResult:
-        client = self._client(
-            subscription.sink.removeprefix("grpc://"), subscription.timeout_ms / 1000
-        )
-        for topic, events in _runs(forwarded):
-            try:
-                await client.publish_batch(topic, events)
-            except (InvalidArgument, TooLarge) as e:
-                return PushResult(
-                    Outcome.REJECTED,
-                    time.perf_counter() - started,
-                    error=f"target mesh {subscription.sink} refused the events: {e}",
-                    error_type=e.code or "_OTHER",
-                )
-            except MeshClientError as e:
-                return PushResult(
-                    Outcome.RETRY,
-                    time.perf_counter() - started,
-                    error=f"cannot forward to target mesh {subscription.sink}: {e}",
-                    error_type=e.code or "_OTHER",
-                )
-        return PushResult(Outcome.ACKED, time.perf_counter() - started)
+    async def _send_grpc(
+        self, subscription: Subscription, topic: str, events: Sequence[CloudEvent]
+    ) -> PushResult | None:
+        address = subscription.sink.removeprefix("grpc://")
+        client = self._client(address, subscription.timeout_ms / 1000)
+        try:
+            await client.publish_batch(topic, events)
+        except (InvalidArgument, TooLarge) as e:
+            return PushResult(
+                Outcome.REJECTED,
+                0.0,
+                error=f"target mesh {subscription.sink} refused the events: {e}",
+                error_type=e.code or "_OTHER",
+            )
+        except MeshClientError as e:
+            return PushResult(
+                Outcome.RETRY,
+                0.0,
+                error=f"cannot forward to target mesh {subscription.sink}: {e}",
+                error_type=e.code or "_OTHER",
+            )
+        return None

@@ -236,27 +236,63 @@ async def test_max_hops_dead_letters_instead_of_forwarding(
         assert "already passed 2 meshes (x -> y)" in letter["deadletterreason"]
 
 
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
 async def test_unreachable_peer_retries_then_dead_letters_with_the_reason(
-    store_urls: Callable[[int], str], sink: RecordingSink
+    store_urls: Callable[[int], str], sink: RecordingSink, scheme: str
 ) -> None:
-    dead = free_port()
+    dead = f"{scheme}://127.0.0.1:{free_port()}"
     async with running(store_urls(0), mesh_name="dmz") as (_, dmz):
         await dmz.subscribe(topic="_dlq.bridge.#", group="ops", sink=sink.url)
-        await add_bridge(
-            dmz, name="down", topic="orders.#", target=f"http://127.0.0.1:{dead}", retry=FAST_RETRY
-        )
+        await add_bridge(dmz, name="down", topic="orders.#", target=dead, retry=FAST_RETRY)
         await dmz.publish("orders.created", event("lost-1"))
-        (letter,) = await sink.wait_for(1)
+        (letter,) = await sink.wait_for(1, timeout=30)
         assert letter.id == "lost-1"
         assert letter.attributes["deadletterattempts"] == "3"
         assert letter.attributes["deadlettertopic"] == "orders.created"
-        reason = letter.attributes["deadletterreason"]
-        assert f"cannot forward to target mesh http://127.0.0.1:{dead}" in reason
+        assert f"cannot forward to target mesh {dead}" in letter.attributes["deadletterreason"]
         _, metrics = await dmz.request("GET", "/metrics")
-        assert (
-            'meshtap_delivery_failures_total{group="bridge.down",topic="orders.created"} 3.0'
-            in metrics
+        failures = 'meshtap_delivery_failures_total{group="bridge.down",topic="orders.created"} 3.0'
+        assert failures in metrics
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+async def test_a_peer_that_refuses_gets_no_retries_the_event_is_dead_lettered(
+    sink: RecordingSink, protocol: str
+) -> None:
+    """An event the peer refuses (here: over its --max-payload-bytes) is dead-lettered at once."""
+    async with (
+        running(mesh_name="internal", max_payload_bytes=4096, grpc=True) as (inner, _),
+        running(mesh_name="dmz") as (_, dmz),
+    ):
+        await dmz.subscribe(topic="_dlq.bridge.#", group="ops", sink=sink.url)
+        await add_bridge(
+            dmz, name="in", topic="orders", target=target_of(inner, protocol), retry=FAST_RETRY
         )
+        await dmz.publish("orders", event("huge", data={"blob": "x" * 10_000}))
+        (letter,) = await sink.wait_for(1)
+        assert letter.attributes["deadletterattempts"] == "1"
+        reason = letter.attributes["deadletterreason"]
+        expected = "413" if protocol == "http" else "refused the events"
+        assert expected in reason, reason
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+async def test_a_batch_too_large_for_the_peer_is_split_not_dead_lettered(
+    sink: RecordingSink, protocol: str
+) -> None:
+    async with (
+        running(mesh_name="internal", max_payload_bytes=4096, grpc=True) as (inner, internal),
+        running(mesh_name="dmz") as (_, dmz),
+    ):
+        await internal.subscribe(topic="orders", group="billing", sink=sink.url)
+        await dmz.subscribe(topic="_dlq.bridge.#", group="ops", sink=sink.url)
+        await add_bridge(dmz, name="in", topic="orders", target=target_of(inner, protocol))
+        ids = [f"m-{n}" for n in range(12)]
+        # No partition key: keyed events wait for their predecessor, so they would not batch.
+        await dmz.publish("orders", *(event(i, data={"pad": "x" * 900}) for i in ids))
+        await sink.wait_for(12)
+        await asyncio.sleep(0.3)
+        assert sorted(sink.ids()) == sorted(ids)  # all forwarded, nothing dead-lettered
 
 
 async def test_peer_that_recovers_gets_everything_nothing_lost(
