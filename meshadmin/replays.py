@@ -24,7 +24,6 @@ from replay import (
     Command,
     DiffReport,
     DiffRules,
-    HttpTarget,
     Progress,
     ReplayError,
     ReplayJobStore,
@@ -32,6 +31,7 @@ from replay import (
     ReplaySpec,
     Selection,
     dry_run,
+    open_target,
     outcome_diff,
     run_replay,
 )
@@ -88,7 +88,7 @@ async def _run(
             service_name="meshtap-replay",
         )
     )
-    target = HttpTarget(job.target_url)
+    target = open_target(job.target_url)
     try:
         await capture.start()
         tracer = capture.tracer_provider().get_tracer("meshtap.replay")

@@ -5,8 +5,9 @@
 * :func:`dry_run` -- read the selection once: counts per topic, keys, first/last time, expected
   duration; applies the guard (sandbox prefixes, ``max_events``). Returns a :class:`Selection`
   whose :class:`DryRun` report is ``.report``.
-* :func:`run_replay` -- pace the selection into a :class:`Target` (:class:`HttpTarget`: this
-  mesh or another, through its HTTP API), checkpointed into a :class:`ReplayJobStore`
+* :func:`run_replay` -- pace the selection into a :class:`Target` (:func:`open_target` by URL
+  scheme: :class:`HttpTarget` or :class:`GrpcTarget`, this mesh or another), checkpointed
+  into a :class:`ReplayJobStore`
   (:class:`FileJobStore`, :class:`MemoryJobStore`; meshadmin keeps it in a Django row) with
   pause/resume/cancel; returns a :class:`ReplayResult`.
 * :func:`outcome_diff` -- what the system under test emitted in response to the replay vs
@@ -54,7 +55,14 @@ from replay._job import (
 from replay._pacing import Pacer, PacingReport
 from replay._select import DryRun, Selection, dry_run, select, streaming_plan
 from replay._spec import SANDBOX_PREFIXES, Filter, Pacing, ReplaySpec, parse_time
-from replay._targets import HttpTarget, Target, replayed_event, replayed_id
+from replay._targets import (
+    GrpcTarget,
+    HttpTarget,
+    Target,
+    open_target,
+    replayed_event,
+    replayed_id,
+)
 
 __all__ = [
     "SANDBOX_PREFIXES",
@@ -67,6 +75,7 @@ __all__ = [
     "FieldDiff",
     "FileJobStore",
     "Filter",
+    "GrpcTarget",
     "HttpTarget",
     "InvalidSpec",
     "MemoryJobStore",
@@ -88,6 +97,7 @@ __all__ = [
     "TargetRejected",
     "TargetUnavailable",
     "dry_run",
+    "open_target",
     "outcome_diff",
     "parse_time",
     "replayed_event",

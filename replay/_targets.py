@@ -10,6 +10,12 @@ metrics, and above all capture, so replayed events would not appear in ClickHous
 replay id, which both the outcome diff and the resume reconciliation read. One HTTP request
 carries a whole lane batch (up to 500 events), so the API costs little per event.
 
+**Or through its gRPC API** (:class:`GrpcTarget`, ``grpc://host:10205``): EventMesh
+``PublisherService/batchPublish`` through ``runtime.client``, one call per batch, data as protobuf
+bytes (also byte for byte). As everywhere on that API the topic travels in the ``subject``
+attribute (EventMesh's convention), so a recorded event's own ``subject`` arrives as the topic;
+use the HTTP API to keep it. :func:`open_target` picks the target by the URL's scheme.
+
 **Faithful re-produce** (:func:`replayed_event`): every recorded attribute and extension, the
 data bytes and the partition key are kept; the CloudEvent ``time`` is the original's. Added:
 ``replayid``, ``replayoriginalid``, ``replayoriginaltopic``, ``replayoriginaltime`` (when the
@@ -43,10 +49,12 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from replay._errors import TargetRejected, TargetUnavailable
+from replay._errors import InvalidSpec, TargetRejected, TargetUnavailable
+from runtime import CloudEvent
+from runtime.client import AsyncMeshClient, InvalidArgument, MeshClientError, NotFound, TooLarge
 from tracing import EventRow
 
-__all__ = ["HttpTarget", "Target", "replayed_event", "replayed_id"]
+__all__ = ["GrpcTarget", "HttpTarget", "Target", "open_target", "replayed_event", "replayed_id"]
 
 _NAMESPACE: Final = uuid.UUID("5a1f3e0c-6d2b-4c1e-9f7a-3b8d2e4c6a10")
 _DROPPED: Final = frozenset({"traceparent", "tracestate"})
@@ -167,3 +175,59 @@ class HttpTarget:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class GrpcTarget:
+    """A mesh's gRPC API (``grpc://host:port``): one ``batchPublish`` per batch.
+
+    Failures as for :class:`HttpTarget`: unreachable, UNAVAILABLE or a timeout (after the
+    client's own short retries) is :class:`TargetUnavailable`; INVALID_ARGUMENT, NOT_FOUND and
+    RESOURCE_EXHAUSTED are :class:`TargetRejected` with the mesh's message.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._address = self.url.removeprefix("grpc://")
+        self._timeout_s = timeout_s
+        self._client: AsyncMeshClient | None = None
+
+    async def send(self, topic: str, events: Sequence[dict[str, Any]]) -> None:
+        if self._client is None:
+            self._client = AsyncMeshClient(self._address, timeout_s=self._timeout_s)
+        try:
+            await self._client.publish_batch(topic, [_cloud_event(e) for e in events])
+        except (InvalidArgument, NotFound, TooLarge) as e:
+            raise TargetRejected(
+                f"target {self.url} refused events for topic {topic!r} ({e.code}): {e}"
+            ) from e
+        except MeshClientError as e:
+            raise TargetUnavailable(
+                f"target {self.url} is unreachable ({e.code}: {e}); check that the mesh's gRPC "
+                "API runs there, then resume the job"
+            ) from e
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _cloud_event(event: dict[str, Any]) -> CloudEvent:
+    """A :func:`replayed_event` JSON object as the runtime's CloudEvent (data decoded)."""
+    attributes = {k: v for k, v in event.items() if k not in ("data_base64", "data")}
+    encoded = event.get("data_base64")
+    return CloudEvent(attributes, base64.b64decode(encoded) if encoded is not None else None)
+
+
+def open_target(url: str) -> Target:
+    """The target for ``url``, by scheme: ``http(s)://`` :class:`HttpTarget`, ``grpc://``
+    :class:`GrpcTarget`."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        return HttpTarget(url)
+    if scheme == "grpc" and url[len("grpc://") :].strip("/"):
+        return GrpcTarget(url)
+    raise InvalidSpec(
+        f"target {url!r} must be a mesh's HTTP API (http://HOST:10105) or gRPC API "
+        "(grpc://HOST:10205)"
+    )

@@ -17,6 +17,9 @@ from runtime._capture import (
     SpanRecord,
 )
 from runtime._errors import (
+    BridgeExists,
+    BridgeNotFound,
+    InvalidBridge,
     InvalidCloudEvent,
     InvalidFilter,
     InvalidRequest,
@@ -33,11 +36,14 @@ from runtime._events import CloudEvent
 from runtime._topics import TopicPattern, compile_pattern, validate_pattern
 
 __all__ = [
+    "BridgeExists",
+    "BridgeNotFound",
     "CaptureConfig",
     "CaptureNotReady",
     "CaptureSink",
     "CloudEvent",
     "DeliveryRecord",
+    "InvalidBridge",
     "InvalidCloudEvent",
     "InvalidFilter",
     "InvalidRequest",

@@ -38,6 +38,10 @@ class RuntimeConfig:
     webhook_topics: Mapping[str, str] = field(default_factory=dict)
     """`/webhook/{name}` publishes to `webhook_topics[name]`, default `webhook.{name}`."""
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    mesh_name: str = ""
+    """Empty: the instance name (unique, so never mistaken for another mesh)."""
+    bridges: tuple[str, ...] = ()
+    """`--bridge` specs (`PATTERN=>TARGET[;key=value...]`), applied at every start."""
     log_level: str = "INFO"
 
 
@@ -175,6 +179,22 @@ OPTIONS: tuple[Option, ...] = (
         True,
     ),
     Option("--instance", "instance", "name of this runtime instance (consumer name in the store)"),
+    Option(
+        "--mesh-name",
+        "mesh_name",
+        "name of this mesh, listed in the meshpath extension of events its bridges forward so "
+        "they never come back; give every instance of one mesh the same name",
+    ),
+    Option(
+        "--bridge",
+        "bridges",
+        "forward topics matching PATTERN to another mesh's HTTP (http://HOST:PORT) or gRPC "
+        "(grpc://HOST:PORT) API, optionally ;name=N;prefix=P.;strip=S.;max_hops=N;max_attempts=N;"
+        "timeout_ms=N (repeatable; kept in the store like POST /v1/bridges)",
+        str,
+        "'PATTERN=>TARGET'",
+        True,
+    ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR"),
 )
 
@@ -196,7 +216,7 @@ def _shown_default(option: Option, defaults: RuntimeConfig) -> object:
     """The default as documented (computed defaults are shown by what they are made of)."""
     if option.field == "webhook_topics":
         return "webhook.NAME"
-    if option.field == "instance":
+    if option.field in ("instance", "mesh_name"):
         return "HOSTNAME-PID"
     if option.repeatable:
         return "none"
@@ -256,7 +276,22 @@ def config_from_args(
             f"--retention must be at least 60 seconds (got {values['retention_s']:g}): "
             "subscribers joining a new topic need that long to see its first events"
         )
+    _check_bridges(parser, values)
     return RuntimeConfig(**values)
+
+
+def _check_bridges(parser: argparse.ArgumentParser, values: Mapping[str, Any]) -> None:
+    """Refuse a bad --bridge or --mesh-name before anything starts."""
+    from runtime._bridges import parse_bridge_flag, validate_mesh_name  # late: a small cycle
+    from runtime._errors import InvalidBridge
+
+    try:
+        if values.get("mesh_name"):
+            validate_mesh_name(values["mesh_name"])
+        for spec in values.get("bridges", ()):
+            parse_bridge_flag(spec)
+    except InvalidBridge as e:
+        parser.error(str(e))
 
 
 def options_markdown() -> str:

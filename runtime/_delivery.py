@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from runtime._bridges import hop_refusal
 from runtime._capture import CaptureSink, DeliveryRecord, NullCapture
 from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
@@ -372,6 +373,11 @@ class GroupWorker:
                 0,
             )
             return
+        if subscription.bridge is not None:
+            refusal = hop_refusal(subscription.bridge, event)
+            if refusal is not None:
+                await self._dead_letter(stored, subscription, refusal, 0)
+                return
         if subscription.batch.max_events > 1 and subscription.protocol != "eventmesh":
             batcher = self._batchers.get(subscription.id)
             if batcher is None:

@@ -9,11 +9,14 @@ The HTTP layer maps each class to one status code, so handlers never pick codes 
     │   ├── InvalidTopic              400  topic name or pattern breaks the naming rules
     │   ├── InvalidFilter             400  subscription filter expression is wrong
     │   ├── InvalidSubscription       400  bad sink URL, mode, retry policy ...
+    │   │   └── InvalidBridge         400  bad bridge target, rename, max_hops ...
     │   └── InvalidOtlpRequest        400  an OTLP trace export the receiver cannot decode
     │       └── UnsupportedOtlpEncoding  415  a Content-Type/-Encoding OTLP does not define
     ├── PayloadTooLarge               413  body over the configured limit
     ├── NotFound                      404
-    │   └── SubscriptionNotFound      404
+    │   ├── SubscriptionNotFound      404
+    │   └── BridgeNotFound            404
+    ├── BridgeExists                  409  a bridge of that name is already configured
     ├── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
     ├── ReplyTimeout                  504  request-reply: no reply within the timeout
     └── CannotListen                       a listener's port cannot be bound (at start-up)
@@ -50,6 +53,10 @@ class InvalidSubscription(InvalidRequest):
     code = "invalid_subscription"
 
 
+class InvalidBridge(InvalidSubscription):
+    code = "invalid_bridge"
+
+
 class InvalidOtlpRequest(InvalidRequest):
     """An OTLP export request that is not OTLP (answered 400 / gRPC INVALID_ARGUMENT)."""
 
@@ -73,6 +80,15 @@ class NotFound(MeshtapError):
 
 class SubscriptionNotFound(NotFound):
     code = "subscription_not_found"
+
+
+class BridgeNotFound(NotFound):
+    code = "bridge_not_found"
+
+
+class BridgeExists(MeshtapError):
+    status = 409
+    code = "bridge_exists"
 
 
 class StoreUnavailable(MeshtapError):

@@ -239,4 +239,7 @@ def build_app(mesh: Mesh, config: RuntimeConfig) -> web.Application:
     from runtime._eventmesh import add_eventmesh_routes  # late: _eventmesh imports this module
 
     add_eventmesh_routes(app)
+    from runtime._bridge_api import add_bridge_routes  # late: it imports this module
+
+    add_bridge_routes(app)
     return app

@@ -6,9 +6,11 @@ these, so validation, stamping and metrics happen in exactly one place.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
+from runtime._bridges import MESH_PATH, has_passed
 from runtime._capture import CaptureSink, NullCapture, PublishRecord
 from runtime._delivery import Dispatcher, pattern_covers
 from runtime._errors import InvalidTopic, SubscriptionNotFound
@@ -18,6 +20,8 @@ from runtime._subscriptions import Subscription
 from runtime._topics import is_internal, validate_topic
 from runtime._tracing import MeshTracing, end_span
 from runtime.stores import Store
+
+log = logging.getLogger("meshtap.runtime.mesh")
 
 
 class Mesh:
@@ -29,8 +33,11 @@ class Mesh:
         capture: CaptureSink | None = None,
         instance: str = "",
         tracing: MeshTracing | None = None,
+        mesh_name: str = "",
     ) -> None:
         self.store = store
+        self.mesh_name = mesh_name or instance
+        """Named in the `meshpath` of events this mesh's bridges forward (`runtime._bridges`)."""
         self.dispatcher = dispatcher
         self.metrics = metrics
         self.capture = capture or NullCapture()
@@ -48,6 +55,9 @@ class Mesh:
     ) -> list[CloudEvent]:
         """Store `events` on `topic`; once this returns they are accepted (durable per store).
 
+        Events whose `meshpath` names this mesh are returned as accepted but not stored (a
+        bridge loop, see `runtime._bridges`).
+
         `producer` (who sent them) and `protocol` (how) are recorded by capture. The publish
         span covers the store append; events without a `traceparent` are stamped with their
         creation context from it (see `runtime._tracing`).
@@ -58,6 +68,11 @@ class Mesh:
                 f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
             )
+        looped: list[CloudEvent] = []
+        if any(MESH_PATH in e.attributes for e in events):
+            events, looped = self._drop_looped(topic, events)
+            if not events:
+                return looped
         span, stamped = self.tracing.start_publish(
             topic, events, producer=producer, protocol=protocol
         )
@@ -79,7 +94,31 @@ class Mesh:
         )
         if not self.dispatcher.knows_topic(topic):
             self.dispatcher.nudge()  # a new topic: let subscribers with matching patterns join now
-        return stamped
+        return stamped + looped
+
+    def _drop_looped(
+        self, topic: str, events: Sequence[CloudEvent]
+    ) -> tuple[list[CloudEvent], list[CloudEvent]]:
+        """Split off events that were in this mesh before (bridged round a loop back here).
+
+        They are acknowledged to the sender - its bridge is done with them - but not stored:
+        the mesh has them already. Counted in `meshtap_bridge_loops_stopped`.
+        """
+        kept: list[CloudEvent] = []
+        looped: list[CloudEvent] = []
+        for event in events:
+            (looped if has_passed(event, self.mesh_name) else kept).append(event)
+        if looped:
+            self.metrics.bridge_loops_stopped.labels(topic).inc(len(looped))
+            log.info(
+                "%d event(s) on %s not stored: their meshpath shows they already passed mesh "
+                "%s (a bridge loop), e.g. %s",
+                len(looped),
+                topic,
+                self.mesh_name,
+                looped[0].id,
+            )
+        return kept, looped
 
     async def subscribe(self, subscription: Subscription) -> Subscription:
         await self.store.put_subscription(subscription.id, subscription.to_document())

@@ -71,6 +71,12 @@ class RuntimeMetrics:
             ["group"],
             registry=r,
         )
+        self.bridge_loops_stopped = Counter(
+            "meshtap_bridge_loops_stopped",
+            "Events a bridge brought back to a mesh they had passed (acknowledged, not stored).",
+            ["topic"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "meshtap_deliveries_in_flight",
             "Deliveries being worked on by this instance.",

@@ -3,6 +3,8 @@ orderly start and drain."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
+from runtime._bridge_api import Bridges
+from runtime._bridges import BRIDGE_PROTOCOL, BridgeChannel, parse_bridge_flag
 from runtime._capture import CaptureConfig, CaptureSink, NullCapture, open_capture
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
@@ -65,7 +69,12 @@ class Runtime:
         # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
         consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
         self.streams = StreamHub(consumer)
-        self.pusher = Pusher(push_contracts(), channels={STREAM_PROTOCOL: self.streams})
+        self.mesh_name = config.mesh_name or config.instance
+        self.bridge_channel = BridgeChannel(self.mesh_name)
+        self.pusher = Pusher(
+            push_contracts(),
+            channels={STREAM_PROTOCOL: self.streams, BRIDGE_PROTOCOL: self.bridge_channel},
+        )
         self.capture = capture or open_capture(
             CaptureConfig(
                 url=config.capture,
@@ -103,12 +112,14 @@ class Runtime:
             self.capture,
             instance=config.instance,
             tracing=self.tracing,
+            mesh_name=self.mesh_name,
         )
         self.replies = ReplyRouter(self.mesh, consumer)
         self.grpc: GrpcApi | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self.otlp: OtlpReceiver | None = None
+        self._configure_task: asyncio.Task[None] | None = None
 
     @property
     def http_url(self) -> str:
@@ -131,7 +142,10 @@ class Runtime:
                 "starting without the store for now (readyz says 503 until it is back): %s", e
             )
         await self.pusher.start()
+        await self.bridge_channel.start()
         await self.dispatcher.start()
+        if self.config.bridges:
+            self._configure_task = asyncio.create_task(self._configure_bridges())
         app = build_app(self.mesh, self.config)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -156,6 +170,21 @@ class Runtime:
         if self.config.grpc_port:
             await self.start_grpc(self.config.grpc_port)
         await self._start_otlp()
+
+    async def _configure_bridges(self) -> None:
+        """Store the `--bridge` bridges (replacing same-named ones), retrying while the store
+        is down: the flags are the configuration, so they win over earlier API changes."""
+        bridges = [parse_bridge_flag(spec) for spec in self.config.bridges]
+        delay = 0.2
+        while True:
+            try:
+                for bridge in bridges:
+                    await Bridges(self.mesh).create(bridge, replace_existing=True)
+                return
+            except StoreUnavailable as e:
+                log.warning("bridges from --bridge not stored yet: %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def start_grpc(self, port: int) -> None:
         """Start the gRPC API on `port` (0 = any free port: tests, embedding)."""
@@ -186,6 +215,11 @@ class Runtime:
     async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Stop accepting requests, drain in-flight deliveries, close everything."""
         timeout = self.config.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
+        if self._configure_task is not None:
+            self._configure_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._configure_task
+            self._configure_task = None
         if self.otlp is not None:
             await self.otlp.stop()
             self.otlp = None
@@ -200,5 +234,6 @@ class Runtime:
             await self._runner.cleanup()
             self._runner = None
         await self.pusher.close()
+        await self.bridge_channel.close()
         await self.capture.close()
         await self.store.close()

@@ -20,8 +20,9 @@ from runtime._filters import EventFilter, compile_filters
 from runtime._topics import TopicPattern, compile_pattern, validate_group, validate_pattern
 
 Mode = Literal["clustering", "broadcast"]
-PushProtocol = Literal["cloudevents", "eventmesh", "grpc"]
-"""`grpc`: pushed over a gRPC `subscribeStream` of the runtime instance named in the sink."""
+PushProtocol = Literal["cloudevents", "eventmesh", "grpc", "bridge"]
+"""`grpc`: pushed over a gRPC `subscribeStream` of the runtime instance named in the sink.
+`bridge`: published into another mesh (`runtime._bridges`); the sink is that mesh's API."""
 MODES: Final = ("clustering", "broadcast")
 
 # Cloud metadata endpoints: a sink pointing there would let a subscriber exfiltrate credentials.
@@ -57,6 +58,45 @@ class BatchPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeRoute:
+    """What makes a subscription a bridge: where its events go and under which topic.
+
+    Kept on the subscription (and in its stored document) so that every runtime instance on the
+    store forwards the same way; the forwarding itself is `runtime._bridges.BridgeChannel`.
+    """
+
+    name: str
+    strip: str = ""
+    """Leading part removed from the topic before `prefix` is added (`orders.` -> ``)."""
+    prefix: str = ""
+    """Prepended to the (stripped) topic: `dmz.` makes `orders.created` `dmz.orders.created`."""
+    max_hops: int = 8
+    """An event that already passed this many meshes is dead-lettered instead of forwarded."""
+
+    def target_topic(self, topic: str) -> str:
+        if self.strip and topic.startswith(self.strip):
+            topic = topic[len(self.strip) :]
+        return self.prefix + topic
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rename": {"strip": self.strip, "prefix": self.prefix},
+            "max_hops": self.max_hops,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> BridgeRoute:
+        rename = raw.get("rename", {})
+        return cls(
+            name=raw["name"],
+            strip=rename.get("strip", ""),
+            prefix=rename.get("prefix", ""),
+            max_hops=int(raw.get("max_hops", 8)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Subscription:
     topic: str
     group: str
@@ -69,6 +109,7 @@ class Subscription:
     protocol: PushProtocol = "cloudevents"
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    bridge: BridgeRoute | None = None
 
     @property
     def pattern(self) -> TopicPattern:
@@ -76,13 +117,16 @@ class Subscription:
 
     @property
     def group_key(self) -> str:
-        """The store consumer group: one per clustering group, one per broadcast subscriber."""
+        """The store consumer group: one per clustering group, one per broadcast subscriber,
+        one per bridge (apart from user groups, so a group of the same name never shares it)."""
+        if self.bridge is not None:
+            return f"r:{self.bridge.name}"
         if self.mode == "clustering":
             return f"g:{self.group}"
         return f"b:{self.group}:{self.id}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "id": self.id,
             "topic": self.topic,
             "group": self.group,
@@ -99,6 +143,9 @@ class Subscription:
             "protocol": self.protocol,
             "created_ms": self.created_ms,
         }
+        if self.bridge is not None:
+            document["bridge"] = self.bridge.to_json()
+        return document
 
     def to_document(self) -> str:
         return json.dumps(self.to_json(), separators=(",", ":"))
@@ -119,6 +166,7 @@ class Subscription:
             timeout_ms=int(raw.get("timeout_ms", 5_000)),
             protocol=raw.get("protocol", "cloudevents"),
             created_ms=int(raw["created_ms"]),
+            bridge=BridgeRoute.from_json(raw["bridge"]) if "bridge" in raw else None,
         )
 
 
@@ -166,6 +214,24 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
     mode = raw.get("mode", "clustering")
     if mode not in MODES:
         raise InvalidSubscription(f"'mode' must be 'clustering' or 'broadcast', got {mode!r}")
+    retry, batch = parse_policies(raw, BatchPolicy())
+    return Subscription(
+        topic=validate_pattern(raw["topic"]),
+        group=validate_group(raw["group"]),
+        mode=mode,
+        sink=check_sink_url(raw["sink"]),
+        filters=compile_filters(raw.get("filters", [])),
+        retry=retry,
+        batch=batch,
+        timeout_ms=timeout_field(raw),
+        protocol=protocol,
+    )
+
+
+def parse_policies(
+    raw: dict[str, Any], batch_default: BatchPolicy
+) -> tuple[RetryPolicy, BatchPolicy]:
+    """The `retry` and `batch` objects of a subscription or bridge request body."""
     retry_raw = _object_field(
         raw, "retry", ("max_attempts", "initial_backoff_ms", "max_backoff_ms"), '"max_attempts": 5'
     )
@@ -178,20 +244,14 @@ def parse_subscription(raw: Any, *, protocol: PushProtocol = "cloudevents") -> S
         raw, "batch", ("max_events", "max_wait_ms"), '"max_events": 100, "max_wait_ms": 10'
     )
     batch = BatchPolicy(
-        max_events=_int_field(batch_raw, "max_events", 1, 1, 1000),
-        max_wait_ms=_int_field(batch_raw, "max_wait_ms", 10, 0, 10_000),
+        max_events=_int_field(batch_raw, "max_events", batch_default.max_events, 1, 1000),
+        max_wait_ms=_int_field(batch_raw, "max_wait_ms", batch_default.max_wait_ms, 0, 10_000),
     )
-    return Subscription(
-        topic=validate_pattern(raw["topic"]),
-        group=validate_group(raw["group"]),
-        mode=mode,
-        sink=check_sink_url(raw["sink"]),
-        filters=compile_filters(raw.get("filters", [])),
-        retry=retry,
-        batch=batch,
-        timeout_ms=_int_field(raw, "timeout_ms", 5_000, 1, 600_000),
-        protocol=protocol,
-    )
+    return retry, batch
+
+
+def timeout_field(raw: dict[str, Any]) -> int:
+    return _int_field(raw, "timeout_ms", 5_000, 1, 600_000)
 
 
 def check_sink_url(url: str) -> str:

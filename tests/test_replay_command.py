@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.meshes import ROOT, free_port
-from tests.test_replay_run import N, Recorded, recorded
+from tests.meshes import ROOT, free_port, running
+from tests.sinks import RecordingSink
+from tests.test_replay_run import KEYS, N, Recorded, recorded
 
 pytestmark = pytest.mark.clickhouse
 __all__ = ["recorded"]  # the fixture, shared with tests/test_replay_run.py
@@ -106,6 +107,7 @@ async def test_dry_run_then_replay_with_summary(migrated: Recorded, tmp_path: Pa
         (["--to-prefix", "", "--speed", "max"], "not under a sandbox prefix"),
         (["--max-events", "10"], "more than max_events=10"),
         (["--filter", "type=nothing"], "no events matched the replay spec"),
+        (["--target", "ftp://staging:21"], "must be a mesh's HTTP API (http://HOST:10105) or gRPC"),
     ],
 )
 async def test_bad_input_exits_non_zero_with_the_reason(
@@ -133,6 +135,49 @@ async def test_unreachable_target_fails_and_the_job_resumes(
     assert code == 0, output
     assert f"completed  sent {N}/{N}" in output
     assert len(await migrated.sink.wait_for(N)) == N
+
+
+async def test_replay_into_a_second_mesh_over_grpc(migrated: Recorded, tmp_path: Path) -> None:
+    """`--target grpc://...`: the window arrives in another mesh through its gRPC API, data
+    byte for byte, with its provenance."""
+    sink = await RecordingSink().start()
+    try:
+        async with running(grpc=True, mesh_name="staging") as (staging, client):
+            await client.subscribe(topic="replay.orders.#", group="qa", sink=sink.url)
+            target = f"grpc://{staging.grpc_target}"
+            code, output = await manage(
+                tmp_path, migrated, "replay", *window(migrated), "--speed", "max",
+                "--no-progress", "--target", target,
+            )  # fmt: skip
+            assert code == 0, output
+            assert f"-> {target}" in output
+            assert f"completed  sent {N}/{N}" in output
+            pushes = await sink.wait_for(N)
+            originals = {p.attributes["replayoriginalid"]: p for p in pushes}
+            assert sorted(originals) == sorted(f"o-{n:03d}" for n in range(N))
+            for original_id, push in originals.items():
+                n = int(original_id[2:])
+                assert push.body == bytes([n % 256, 0, 255]) + b" x "
+                attributes = push.attributes
+                assert (attributes["tenant"], attributes["partitionkey"]) == (
+                    "acme",
+                    f"customer-{n % KEYS}",
+                )
+                # gRPC carries the topic in `subject` (EventMesh's convention).
+                assert attributes["subject"] == "replay." + attributes["replayoriginaltopic"]
+    finally:
+        await sink.stop()
+
+
+async def test_unreachable_grpc_target_fails_with_the_reason(
+    migrated: Recorded, tmp_path: Path
+) -> None:
+    down = f"grpc://127.0.0.1:{free_port()}"
+    code, output = await manage(
+        tmp_path, migrated, "replay", *window(migrated), "--speed", "max", "--target", down
+    )
+    assert code == 1, output
+    assert f"target {down} is unreachable" in output
 
 
 async def test_the_celery_task_runs_a_job(migrated: Recorded, tmp_path: Path) -> None:

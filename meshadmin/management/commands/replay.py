@@ -28,7 +28,7 @@ from rich.progress import (
 
 from meshadmin.models import ReplayJob
 from meshadmin.replays import execute_job, plan_job
-from replay import DryRun, ReplayError, ReplaySpec, parse_time
+from replay import DryRun, ReplayError, ReplaySpec, open_target, parse_time
 from replay import Progress as ReplayProgress
 from tracing.clickhouse import ClickhouseError
 
@@ -68,7 +68,8 @@ class Command(BaseCommand):
         add("--allow-production", action="store_true", help="allow non-sandbox target topics")
         add(
             "--target",
-            help="the mesh's HTTP API (default: the MESHTAP_RUNTIME_URL setting)",
+            help="the mesh's HTTP API (http://HOST:10105) or gRPC API (grpc://HOST:10205) "
+            "(default: the MESHTAP_RUNTIME_URL setting)",
         )
         add("--dry-run", action="store_true", help="print the estimate, send nothing")
         add("--resume", type=str, help="resume this job (its replay id or number)")
@@ -127,9 +128,11 @@ class Command(BaseCommand):
             allow_production=options["allow_production"],
             max_events=options["max_events"],
         )
+        target_url = options["target"] or settings.MESHTAP_RUNTIME_URL
+        open_target(target_url)  # a bad URL fails here, before a job row exists
         return ReplayJob.objects.create(
             spec=spec.to_json(),
-            target_url=options["target"] or settings.MESHTAP_RUNTIME_URL,
+            target_url=target_url,
             requested_by=getpass.getuser(),
         )
 
@@ -143,6 +146,7 @@ class Command(BaseCommand):
         if found.status == ReplayJob.Status.COMPLETED:
             raise CommandError(f"replay {found.replay_id} is already completed; nothing to do")
         if options["target"]:
+            open_target(options["target"])
             found.target_url = options["target"]
             found.save(update_fields=["target_url"])
         return found
