@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from kombu import Exchange
 from kombu import Queue as KombuQueue
 
 from meshadmin.queues import ROUTES, Queue
@@ -23,7 +24,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "meshadmin.settings")
 
 app = Celery("meshadmin")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.conf.task_queues = [KombuQueue(q.value) for q in Queue]
+app.conf.task_queues = [KombuQueue(q.value, Exchange(q.value), routing_key=q.value) for q in Queue]
 app.conf.task_default_queue = Queue.HOUSEKEEPING.value
 app.conf.task_routes = ROUTES
 app.conf.beat_schedule = HOUSEKEEPING_SCHEDULE

@@ -94,8 +94,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_RESULT_EXPIRES = 24 * 3600
 # Redis redelivers a task whose worker died unacked after this many seconds; it must exceed the
 # longest task (replays resume from their checkpoint, so a redelivered long replay is harmless).
+# Workers look for such tasks every MESHTAP_CELERY_RESTORE_INTERVAL seconds.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": int(os.environ.get("MESHTAP_CELERY_VISIBILITY_TIMEOUT", "3600"))
+    "visibility_timeout": int(os.environ.get("MESHTAP_CELERY_VISIBILITY_TIMEOUT", "3600")),
+    "unacked_restore_interval": int(os.environ.get("MESHTAP_CELERY_RESTORE_INTERVAL", "60")),
+    "unacked_restore_throttle": 1,
 }
 # Audits' schedules are django_celery_beat rows; queues, routes and the housekeeping schedule
 # are declared in code (meshadmin/queues.py, meshadmin/scheduled.py).
