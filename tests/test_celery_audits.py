@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from runtime import CaptureConfig
+from tests.meshes import event, running
 from tests.servers import ClickHouseServer
-from tests.stack import DjangoStack
+from tests.sinks import Push, RecordingSink
+from tests.stack import AdminClient, DjangoStack
+from tracing import ClickHouseCapture
 from tracing.clickhouse import ClickHouse, migrate
 
 pytestmark = [pytest.mark.redis, pytest.mark.clickhouse]
@@ -155,3 +161,117 @@ async def test_a_worker_killed_mid_audit_does_not_lose_it(
         assert len(runs(django_stack)) == 1
     finally:
         await metrics.stop()
+
+
+async def test_the_sre_flow_from_the_admin_end_to_end(
+    django_stack: DjangoStack, store_url: str, tmp_path: Path
+) -> None:
+    """An SRE creates a delivery-completeness audit in the admin (every 3 s here, every 5 min in
+    production), sees it pass, a subscriber breaks, and a failing run lists the missing
+    deliveries and notifies: a CloudEvent on meshtap.audit.result, a webhook, an email."""
+    billing = await RecordingSink().start()
+    on_call = await RecordingSink().start()  # subscribed to meshtap.audit.result on the mesh
+    webhook = await RecordingSink().start()
+    capture = ClickHouseCapture(CaptureConfig(url=store_url, spool_dir=str(tmp_path / "spool")))
+    try:
+        async with running(capture=capture) as (runtime, client):
+            await client.subscribe(topic="orders.#", group="billing", sink=billing.url)
+            await client.subscribe(topic="meshtap.audit.result", group="sre", sink=on_call.url)
+            django_stack.env["MESHTAP_CLICKHOUSE_URL"] = store_url
+            django_stack.env["MESHTAP_RUNTIME_URL"] = runtime.http_url
+            await django_stack.migrate()
+            await django_stack.start_web()
+            django_stack.start_worker()
+            django_stack.start_beat()
+
+            # unsafe: keep cookies set by an IP-address host (the CSRF and session cookies)
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=jar) as session:
+                admin = AdminClient(django_stack.web_url, session)
+                await admin.login()
+                form = {
+                    "name": "orders reach billing",
+                    "kind": "delivery_completeness",
+                    "parameters": json.dumps(
+                        {"topics": ["orders.#"], "within_s": 2, "window_s": 30}
+                    ),
+                    "enabled": "on",
+                    "every_seconds": "3",
+                    "crontab": "",
+                    "notify_mesh": "on",
+                    "notify_webhooks": webhook.url,
+                    "notify_emails": "oncall@example.com",
+                    "_save": "Save",
+                }
+                # A mistake first: the form says what is wrong and nothing is saved.
+                status, page = await admin.submit(
+                    "/admin/audits/audit/add/", {**form, "parameters": '{"within_s": "soon"}'}
+                )
+                assert status == 200
+                assert "at within_s: &#x27;soon&#x27; is not of type &#x27;number&#x27;" in page
+                status, page = await admin.submit("/admin/audits/audit/add/", form)
+                assert status == 302, page
+
+                for n in range(5):
+                    await client.publish("orders.eu", event(f"ok-{n}"))
+                await billing.wait_for(5)
+
+                def passing() -> list[dict[str, Any]]:
+                    return [
+                        r for r in runs(django_stack, "WHERE status = 'pass'")
+                        if r["figures"].get("events", 0) >= 5
+                    ]  # fmt: skip
+
+                [seen, *_] = await django_stack.wait_for("a passing run", passing, timeout=90)
+                assert seen["notifications"] == []  # nothing to say while it passes
+                listing = await admin.page("/admin/audits/audit/")
+                assert "orders reach billing" in listing
+                assert ">pass</b>" in listing
+
+                # The subscriber breaks: every push now fails.
+                billing.respond = lambda push: web.Response(status=500)
+                for n in range(3):
+                    await client.publish("orders.eu", event(f"lost-{n}"))
+
+                def failing() -> list[dict[str, Any]]:
+                    return [
+                        r for r in runs(django_stack, "WHERE status = 'fail'")
+                        if len(r["findings"]) == 3 and r["notifications"]
+                    ]  # fmt: skip
+
+                [failed, *_] = await django_stack.wait_for("a failing run", failing, timeout=90)
+                assert failed["summary"].startswith("3 of ")
+                assert sorted((f["event_id"], f["group"]) for f in failed["findings"]) == [
+                    (f"lost-{n}", "billing") for n in range(3)
+                ]
+                assert all(f["reason"].startswith("not acked") for f in failed["findings"])
+                assert sorted(n["channel"] for n in failed["notifications"] if n["ok"]) == [
+                    "email", "mesh", "webhook",
+                ]  # fmt: skip
+                run_page = await admin.page(f"/admin/audits/auditrun/{failed['id']}/change/")
+                assert "lost-0" in run_page
+                assert "not acked" in run_page
+
+            # The notifications arrived: webhook, the mesh's subscriber, the mail file.
+            def result_of(pushes: list[Push]) -> list[dict[str, Any]]:
+                bodies = [json.loads(p.body) for p in pushes]
+                return [b for b in bodies if b.get("run_id") == failed["id"]]
+
+            [hooked] = result_of(webhook.pushes)
+            assert hooked["status"] == "fail"
+            assert hooked["audit"] == "orders reach billing"
+            assert {f["event_id"] for f in hooked["findings"]} == {"lost-0", "lost-1", "lost-2"}
+            await on_call.wait_for(1)
+            [pushed] = [
+                p for p in on_call.pushes if p.attributes["id"] == f"audit-run-{failed['id']}"
+            ]
+            assert pushed.attributes["type"] == "meshtap.audit.result"
+            assert pushed.attributes["subject"] == "orders reach billing"
+            assert json.loads(pushed.body)["findings_total"] == 3
+            mails = "\n".join(p.read_text() for p in (tmp_path / "mail").iterdir())
+            assert "Subject: [meshtap] audit orders reach billing: fail" in mails
+            assert "To: oncall@example.com" in mails
+            assert "lost-1" in mails
+    finally:
+        for sink in (billing, on_call, webhook):
+            await sink.stop()
