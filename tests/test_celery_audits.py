@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,14 @@ import pytest
 from aiohttp import web
 
 from runtime import CaptureConfig
-from tests.meshes import event, running
+from tests.meshes import event, free_port, running
 from tests.servers import ClickHouseServer
 from tests.sinks import Push, RecordingSink
 from tests.stack import AdminClient, DjangoStack
+from tests.test_queries import delivery, insert, ns
+from tests.test_queries import event as event_row
 from tracing import ClickHouseCapture
-from tracing.clickhouse import ClickHouse, migrate
+from tracing.clickhouse import ClickHouse, Purpose, migrate
 
 pytestmark = [pytest.mark.redis, pytest.mark.clickhouse]
 
@@ -275,3 +279,109 @@ async def test_the_sre_flow_from_the_admin_end_to_end(
     finally:
         for sink in (billing, on_call, webhook):
             await sink.stop()
+
+
+async def test_notifications_on_failure_and_recovery_and_a_broken_channel(
+    django_stack: DjangoStack, store_url: str, tmp_path: Path
+) -> None:
+    webhook = await RecordingSink().start()
+    nowhere = f"http://127.0.0.1:{free_port()}/hook"
+    try:
+        django_stack.env["MESHTAP_CLICKHOUSE_URL"] = store_url
+        await django_stack.migrate()
+        audit = await create_audit(
+            django_stack, name="dlq", kind="dead_letters", every_seconds=3600,
+            parameters={"max_dead_letters": 0}, notify_mesh=False, notify_on_recovery=True,
+            notify_webhooks=f"{webhook.url}\n{nowhere}",
+            notify_emails="a@example.com, b@example.com",
+        )  # fmt: skip
+        now = time.time_ns()
+        with ClickHouse.open(store_url) as client:
+            insert(client, "deliveries", [
+                delivery("d1", "orders.eu", "shipping", 3, "dead_lettered", 500, now, now, "", ""),
+            ])  # fmt: skip
+
+        async def run_once(parameters: dict[str, Any]) -> dict[str, Any]:
+            await django_stack.shell(
+                "from meshadmin.audits.models import Audit\n"
+                "from meshadmin.audits.runner import execute_audit\n"
+                f"Audit.objects.filter(pk={audit}).update(parameters={parameters!r})\n"
+                f"execute_audit({audit})\n"
+            )
+            return runs(django_stack)[-1]
+
+        failed = await run_once({"max_dead_letters": 0})
+        assert failed["status"] == "fail"
+        sent = {(n["channel"], n["target"]): n for n in failed["notifications"]}
+        assert sent[("webhook", webhook.url)]["ok"] is True
+        assert sent[("webhook", nowhere)]["ok"] is False  # noted, and the others still went
+        assert "Connection refused" in sent[("webhook", nowhere)]["error"]
+        assert sent[("email", "a@example.com, b@example.com")]["ok"] is True
+        [hook] = await webhook.wait_for(1)
+        assert json.loads(hook.body)["findings"][0]["sample"] == ["d1"]
+
+        recovered = await run_once({"max_dead_letters": 5})
+        assert recovered["status"] == "pass"
+        assert [n["channel"] for n in recovered["notifications"] if n["ok"]] == ["webhook", "email"]
+        [_, hook] = await webhook.wait_for(2)
+        assert (json.loads(hook.body)["status"], json.loads(hook.body)["previous_status"]) == (
+            "pass", "fail",
+        )  # fmt: skip
+
+        quiet = await run_once({"max_dead_letters": 5})
+        assert (quiet["status"], quiet["notifications"]) == ("pass", [])  # pass after pass
+        mails = sorted((tmp_path / "mail").iterdir())
+        assert len(mails) == 2
+        assert "Subject: [meshtap] audit dlq: pass" in mails[1].read_text()
+    finally:
+        await webhook.stop()
+
+
+async def test_admin_actions_and_housekeeping_through_the_worker(
+    django_stack: DjangoStack, store_url: str
+) -> None:
+    django_stack.env["MESHTAP_CLICKHOUSE_URL"] = store_url
+    await django_stack.migrate()
+    audit = await create_audit(
+        django_stack, name="traces", kind="trace_integrity", every_seconds=3600, notify_mesh=False,
+    )  # fmt: skip
+    old = datetime.now(UTC) - timedelta(days=45)
+    with ClickHouse.open(store_url) as client:
+        insert(client, "events", [event_row("old-1", "orders.eu", ns(old), "")])
+    await django_stack.start_web()
+    django_stack.start_worker()
+
+    def enabled() -> bool:
+        [(on,)] = django_stack.query(
+            "SELECT enabled FROM django_celery_beat_periodictask WHERE name = ?", f"audit:{audit}"
+        )
+        return bool(on)
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        admin = AdminClient(django_stack.web_url, session)
+        await admin.login()
+        changelist = "/admin/audits/audit/"
+        for action in ("run_now", "disable"):
+            status, _ = await admin.submit(
+                changelist, {"action": action, "_selected_action": str(audit), "index": "0"}
+            )
+            assert status == 302
+        [run] = await django_stack.wait_for(
+            "the run-now run", lambda: runs(django_stack, "WHERE status != 'running'")
+        )
+        assert run["status"] == "pass"
+        assert run["summary"] == "every trace in the window is whole"
+        assert not enabled()
+        await admin.submit(
+            changelist, {"action": "enable", "_selected_action": str(audit), "index": "0"}
+        )
+        assert enabled()
+
+    # Housekeeping: retention drops the 45-day-old partition, through the housekeeping queue.
+    await django_stack.shell(
+        "from meshadmin.tasks import apply_retention\n"
+        "print('DROPPED', apply_retention.delay(30).get(timeout=60))\n"
+    )
+    with ClickHouse.open(store_url) as client:
+        left = client.execute("SELECT count() FROM meshtap.events", purpose=Purpose.QUERY)
+    assert left == [(0,)]
