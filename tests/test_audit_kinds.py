@@ -3,12 +3,14 @@ on clickhouse-server and on chDB (rows written as the recorder writes them, see 
 
 from __future__ import annotations
 
+import inspect
 import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+import auditing
 from auditing import (
     KINDS,
     AuditContext,
@@ -252,3 +254,17 @@ def test_defaults_are_filled_in_and_every_kind_has_a_schema() -> None:
         "capture_health", "dead_letters", "delivery_completeness", "latency_slo",
         "replay_regression", "schema_conformance", "trace_integrity",
     ]  # fmt: skip
+
+
+def test_exported_names_are_pinned_documented_and_private() -> None:
+    assert auditing.__all__ == [
+        "KINDS", "MAX_FINDINGS", "AuditContext", "AuditError", "AuditKind", "AuditResult",
+        "AuditUnavailable", "InvalidParameters", "UnknownKind", "run_audit", "validate_parameters",
+    ]  # fmt: skip
+    for name in auditing.__all__:
+        member = getattr(auditing, name)
+        if callable(member):
+            assert inspect.getdoc(member), f"auditing.{name} has no docstring"
+            assert member.__module__.startswith("auditing._"), (name, member.__module__)
+    assert issubclass(auditing.InvalidParameters, ValueError)
+    assert issubclass(auditing.AuditUnavailable, auditing.AuditError)

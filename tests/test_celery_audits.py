@@ -348,6 +348,7 @@ async def test_admin_actions_and_housekeeping_through_the_worker(
     old = datetime.now(UTC) - timedelta(days=45)
     with ClickHouse.open(store_url) as client:
         insert(client, "events", [event_row("old-1", "orders.eu", ns(old), "")])
+    django_stack.env["MESHTAP_RUNTIME_URL"] = f"http://127.0.0.1:{free_port()}"
     await django_stack.start_web()
     django_stack.start_worker()
 
@@ -377,6 +378,21 @@ async def test_admin_actions_and_housekeeping_through_the_worker(
         )
         assert enabled()
 
+        # A schedule the form cannot use is refused with the reason, and nothing is saved.
+        add = "/admin/audits/audit/add/"
+        form = {"name": "x", "kind": "dead_letters", "parameters": "{}", "crontab": "",
+                "_save": "Save"}  # fmt: skip
+        status, page = await admin.submit(add, {**form, "crontab": "* *"})
+        assert status == 200
+        assert "crontab &#x27;* *&#x27; needs 5 fields" in page
+        status, page = await admin.submit(add, form)
+        assert "give a schedule: every N seconds, or a crontab" in page
+        status, page = await admin.submit(
+            add, {**form, "crontab": "*/5 * * * *", "every_seconds": "60"}
+        )
+        assert "give one schedule" in page
+        assert len(django_stack.query("SELECT id FROM audits_audit")) == 1
+
     # Housekeeping: retention drops the 45-day-old partition, through the housekeeping queue.
     await django_stack.shell(
         "from meshadmin.tasks import apply_retention\n"
@@ -385,3 +401,13 @@ async def test_admin_actions_and_housekeeping_through_the_worker(
     with ClickHouse.open(store_url) as client:
         left = client.execute("SELECT count() FROM meshtap.events", purpose=Purpose.QUERY)
     assert left == [(0,)]
+    # Capture health as housekeeping: ClickHouse answers, the runtime's /metrics does not.
+    output = await django_stack.shell(
+        "import json\n"
+        "from meshadmin.tasks import check_capture_health\n"
+        "print('HEALTH', json.dumps(check_capture_health.delay().get(timeout=60)))\n"
+    )
+    health = json.loads(output.split("HEALTH ")[1])
+    assert health["status"] == "fail"
+    assert health["figures"]["clickhouse_reachable"] == 1
+    assert [f["check"] for f in health["findings"]] == ["runtime metrics"]
