@@ -123,6 +123,7 @@ FROM meshtap.events
 WHERE published_at >= %(since_at)s AND published_at <= %(until_at)s
   AND published_ns >= %(since_ns)s AND published_ns < %(until_ns)s
   AND trace_id = '' AND replay_id = ''
+LIMIT 1
 """
 
 # spans PARTITION BY toYYYYMMDD(start_at): the window's days (and the slack before it for the
