@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from auditing import AuditContext, AuditUnavailable
 from auditing import run_audit as run_check
@@ -102,8 +103,6 @@ def check_capture_health() -> dict[str, Any]:
     housekeeping: logged as a warning when unhealthy, its figures kept in the result backend.
     Not retried: the next tick is minutes away and is the retry."""
     with ClickHouse.open(str(settings.MESHTAP_CLICKHOUSE_URL)) as client:
-        from django.utils import timezone
-
         context = AuditContext(
             clickhouse=client,
             now=timezone.now(),

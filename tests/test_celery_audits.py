@@ -372,6 +372,8 @@ async def test_admin_actions_and_housekeeping_through_the_worker(
         )
         assert run["status"] == "pass"
         assert run["summary"] == "every trace in the window is whole"
+        history = await admin.page(f"/admin/audits/audit/{audit}/change/")
+        assert f'href="/admin/audits/auditrun/{run["id"]}/change/"' in history
         assert not enabled()
         await admin.submit(
             changelist, {"action": "enable", "_selected_action": str(audit), "index": "0"}

@@ -10,6 +10,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from auditing import KINDS
@@ -77,9 +78,17 @@ class AuditAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "<table><tr><th>run</th><th>started</th><th>status</th><th>summary</th></tr>{}</table>",
             format_html_join(
                 "",
-                '<tr><td><a href="../../auditrun/{}/change/">{}</a></td><td>{}</td><td>{}</td>'
-                "<td>{}</td></tr>",
-                ((r.pk, r.pk, r.started_at, _status(r.status), r.summary or r.error) for r in runs),
+                '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
+                (
+                    (
+                        reverse("admin:audits_auditrun_change", args=[r.pk]),
+                        r.pk,
+                        r.started_at,
+                        _status(r.status),
+                        r.summary or r.error,
+                    )
+                    for r in runs
+                ),
             ),
         )
 
