@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -38,7 +38,9 @@ from tests.servers import (
     ServerStartError,
     find_binary,
 )
-from tests.stack import DjangoStack
+
+if TYPE_CHECKING:
+    from tests.stack import DjangoStack
 
 # pytester runs the harness's meta-tests (a fixture without its marker, the socket guard).
 pytest_plugins = ["pytester"]
@@ -233,6 +235,8 @@ def django_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[DjangoSt
     """manage.py, Celery worker and beat, and the web admin as real processes on a SQLite file
     in the test's directory, with the session's redis-server as broker and result backend
     (marker ``redis``). Every process it started is stopped after the test."""
+    from tests.stack import DjangoStack  # here: the harness meta-tests copy this file alone
+
     stack = DjangoStack(tmp_path, broker_url=redis_server.url.rsplit("/", 1)[0] + "/1")
     try:
         yield stack
