@@ -36,6 +36,7 @@ from tracing import (
     group_latencies,
     published_events,
     topic_groups,
+    topics_in_window,
     trace_integrity,
 )
 from tracing.clickhouse import ClickhouseError, ClickhouseUnavailable, partitions_older_than
@@ -78,7 +79,13 @@ _TOPICS = {
 _GROUPS = {
     "type": "array",
     "items": {"type": "string", "minLength": 1},
+    "minItems": 1,
     "description": "only these consumer groups (default: every group seen)",
+}
+_EXPECTED_GROUPS = {
+    **_GROUPS,
+    "description": "groups that must get every event of the topics, whether or not they got "
+    "any (default: every group that got some must get all)",
 }
 _COUNT = {"type": "integer", "minimum": 0, "default": 0}
 _MS_THRESHOLD = {"type": "number", "exclusiveMinimum": 0}
@@ -134,11 +141,15 @@ def _delivery_completeness(ctx: AuditContext, params: dict[str, Any]) -> AuditRe
     within_ns = int(float(params["within_s"]) * _NS)
     until = ctx.now - timedelta(seconds=float(params["within_s"]))
     since = until - timedelta(seconds=int(params["window_s"]))
-    wanted = _matcher(params)
     groups_of: dict[str, list[str]] = defaultdict(list)
-    for topic, group in topic_groups(ctx.clickhouse, since, ctx.now):
-        if wanted(topic, group):
-            groups_of[topic].append(group)
+    if params.get("groups"):  # named groups must get every event of the topics
+        for topic in topics_in_window(ctx.clickhouse, params["topics"], since, until):
+            groups_of[topic] = list(params["groups"])
+    else:  # every group that got any of a topic's events must get them all
+        wanted = _matcher(params)
+        for topic, group in topic_groups(ctx.clickhouse, since, ctx.now):
+            if wanted(topic, group):
+                groups_of[topic].append(group)
     topics = sorted(groups_of)
     events = published_events(ctx.clickhouse, topics, since, until)
     outcomes = {
@@ -429,7 +440,7 @@ KINDS: Final[Mapping[str, AuditKind]] = {
             _object(
                 {
                     "topics": _TOPICS,
-                    "groups": _GROUPS,
+                    "groups": _EXPECTED_GROUPS,
                     "within_s": {"type": "number", "exclusiveMinimum": 0, "default": 60},
                     "window_s": _WINDOW,
                 }

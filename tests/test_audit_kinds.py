@@ -101,6 +101,12 @@ def test_delivery_completeness(store: Store) -> None:
     # Scoped to one group, or to other topics, the others' gaps do not count.
     assert audit(store, "delivery_completeness", groups=["billing"]).figures["missing"] == 1
     assert audit(store, "delivery_completeness", topics=["payments.#"]).status == "pass"
+    # A named group must get every event, even one whose subscriber never got anything.
+    result = audit(store, "delivery_completeness", topics=["orders.#"], groups=["audit-log"])
+    assert result.figures == {"events": 5, "pairs": 5, "missing": 5, "findings_total": 5}
+    assert {(f["group"], f["reason"]) for f in result.findings} == {
+        ("audit-log", "never attempted")
+    }
 
 
 # --- latency SLO -------------------------------------------------------------------------------

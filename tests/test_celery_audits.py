@@ -197,7 +197,7 @@ async def test_the_sre_flow_from_the_admin_end_to_end(
                     "name": "orders reach billing",
                     "kind": "delivery_completeness",
                     "parameters": json.dumps(
-                        {"topics": ["orders.#"], "within_s": 2, "window_s": 30}
+                        {"topics": ["orders.#"], "within_s": 2, "window_s": 120}
                     ),
                     "enabled": "on",
                     "every_seconds": "3",

@@ -59,6 +59,7 @@ def test_exported_names_are_pinned() -> None:
         "search_traces",
         "topic_groups",
         "topic_map",
+        "topics_in_window",
         "trace_by_id",
         "trace_integrity",
     ]

@@ -15,7 +15,7 @@ Depends on `runtime` (never the other way round); no Django here.
   :func:`count_events_in_window`,
   :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
   their frozen inputs and results: what the web admin and replay read.
-* for the audits -- :func:`topic_groups`, :func:`published_events`,
+* for the audits -- :func:`topic_groups`, :func:`topics_in_window`, :func:`published_events`,
   :func:`delivery_outcomes`, :func:`group_latencies`, :func:`dead_letters_by_reason`,
   :func:`trace_integrity` and their frozen results.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
@@ -40,6 +40,7 @@ from tracing._audit_queries import (
     group_latencies,
     published_events,
     topic_groups,
+    topics_in_window,
     trace_integrity,
 )
 from tracing._exporter import ClickHouseSpanExporter
@@ -127,6 +128,7 @@ __all__ = [
     "search_traces",
     "topic_groups",
     "topic_map",
+    "topics_in_window",
     "trace_by_id",
     "trace_integrity",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from tracing._queries import _window_params
+from tracing._queries import _resolve_topics, _window_params
 from tracing._read_models import (
     CutDelivery,
     DeadLetterGroup,
@@ -34,6 +34,7 @@ __all__ = [
     "group_latencies",
     "published_events",
     "topic_groups",
+    "topics_in_window",
     "trace_integrity",
 ]
 
@@ -169,6 +170,15 @@ LIMIT %(limit)s
 def _params(since: datetime, until: datetime, what: str) -> dict[str, Any]:
     since_ns, until_ns = time_range_ns(since, until, what)
     return {**_window_params(since_ns, until_ns), "limit": MAX_AUDIT_ROWS}
+
+
+def topics_in_window(
+    client: ClickHouse, patterns: Sequence[str], since: datetime, until: datetime
+) -> list[str]:
+    """The topics ``patterns`` (names or subscription patterns) stand for among the events
+    published in ``[since, until)``, sorted."""
+    since_ns, until_ns = time_range_ns(since, until, "the topic window")
+    return list(_resolve_topics(client, patterns, since_ns, until_ns))
 
 
 def topic_groups(client: ClickHouse, since: datetime, until: datetime) -> list[tuple[str, str]]:
