@@ -548,6 +548,7 @@ KINDS: Final[Mapping[str, AuditKind]] = {
 
 
 def kind_of(name: str) -> AuditKind:
+    """The kind called ``name``, or :class:`UnknownKind` listing the kinds there are."""
     try:
         return KINDS[name]
     except KeyError:
@@ -578,12 +579,11 @@ def validate_parameters(kind: str, parameters: object) -> dict[str, Any]:
             raise InvalidParameters(
                 f"schema_conformance parameters at schema: not a valid JSON Schema: {e.message}"
             ) from e
-    for name in ("topics",):
-        for pattern in parameters.get(name, ()):
-            try:
-                compile_pattern(pattern)
-            except InvalidTopic as e:
-                raise InvalidParameters(f"{kind} parameters at topics: {e}") from e
+    for pattern in parameters.get("topics", ()):
+        try:
+            compile_pattern(pattern)
+        except InvalidTopic as e:
+            raise InvalidParameters(f"{kind} parameters at topics: {e}") from e
     if kind == "replay_regression":
         from auditing._regression import check_window
 
