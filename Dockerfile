@@ -4,6 +4,7 @@ COPY pyproject.toml README.md ./
 COPY runtime ./runtime
 COPY tracing ./tracing
 COPY replay ./replay
+COPY auditing ./auditing
 COPY meshadmin ./meshadmin
 COPY manage.py ./
 RUN pip install --no-cache-dir .

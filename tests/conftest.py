@@ -7,6 +7,9 @@ Each service has a marker (registered in pyproject.toml) and two fixtures:
 - ``fresh_redis_server`` / ``fresh_clickhouse_server`` / ``fresh_nats_server``: a server of the
   test's own, for fault tests that kill, pause or restart it; gone after the test.
 
+``django_stack`` (marker ``redis``): the Django + Celery stack as real processes (worker, beat,
+web admin, manage.py) with the session's redis-server as broker, see tests/stack.py.
+
 ``chromium_executable`` (marker ``browser``) is the path of Debian's chromium for Playwright.
 
 Rules (DESIGN.md "Tests", CONVENTIONS.md 9):
@@ -20,7 +23,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -34,6 +38,9 @@ from tests.servers import (
     ServerStartError,
     find_binary,
 )
+
+if TYPE_CHECKING:
+    from tests.stack import DjangoStack
 
 # pytester runs the harness's meta-tests (a fixture without its marker, the socket guard).
 pytest_plugins = ["pytester"]
@@ -218,3 +225,20 @@ def chromium_executable(request: pytest.FixtureRequest) -> str:
     except ServerBinaryMissing as e:
         problem = _missing_binary(e)
     pytest.fail(problem, pytrace=False)
+
+
+# --- the Django + Celery stack ------------------------------------------------------------------
+
+
+@pytest.fixture
+def django_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[DjangoStack]:
+    """manage.py, Celery worker and beat, and the web admin as real processes on a SQLite file
+    in the test's directory, with the session's redis-server as broker and result backend
+    (marker ``redis``). Every process it started is stopped after the test."""
+    from tests.stack import DjangoStack  # here: the harness meta-tests copy this file alone
+
+    stack = DjangoStack(tmp_path, broker_url=redis_server.url.rsplit("/", 1)[0] + "/1")
+    try:
+        yield stack
+    finally:
+        stack.close()

@@ -236,6 +236,7 @@ def test_exported_names_are_pinned() -> None:
             "check",
             "drop_partitions_older_than",
             "migrate",
+            "partitions_older_than",
             "plan",
             "suppress_tracing",
         ]

@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.servers import ClickHouseServer
-from tracing import _queries
+from tracing import _audit_queries, _queries
 from tracing._queries import (
     MAX_TOPICS,
     delivery_history,
@@ -415,7 +415,8 @@ def ids(rows: Any) -> list[tuple[str, str]]:
 def test_queries_are_constants_naming_only_schema_tables() -> None:
     queries = {
         name: value
-        for name, value in vars(_queries).items()
+        for module in (_queries, _audit_queries)
+        for name, value in vars(module).items()
         if name.isupper()
         and not name.startswith("_")
         and isinstance(value, str)

@@ -16,6 +16,9 @@ Depends on `runtime` (never the other way round); no Django here.
   :func:`count_events_in_window`,
   :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
   their frozen inputs and results: what the web admin and replay read.
+* for the audits -- :func:`topic_groups`, :func:`topics_in_window`, :func:`published_events`,
+  :func:`delivery_outcomes`, :func:`group_latencies`, :func:`dead_letters_by_reason`,
+  :func:`trace_integrity` and their frozen results.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
 
 Errors (the recorder's ``record_*`` and the exporter's ``export`` never raise; these come from
@@ -32,6 +35,15 @@ construction and ``start``)::
 
 from __future__ import annotations
 
+from tracing._audit_queries import (
+    dead_letters_by_reason,
+    delivery_outcomes,
+    group_latencies,
+    published_events,
+    topic_groups,
+    topics_in_window,
+    trace_integrity,
+)
 from tracing._exporter import ClickHouseSpanExporter
 from tracing._queries import (
     count_events_in_window,
@@ -46,12 +58,19 @@ from tracing._queries import (
     trace_by_id,
 )
 from tracing._read_models import (
+    CutDelivery,
+    DeadLetterGroup,
     DeliveryAttempt,
     EventRow,
     EventWindow,
+    GroupLatency,
+    GroupOutcome,
+    IntegrityReport,
     InvalidQuery,
+    OrphanSpan,
     Page,
     ProducerTopic,
+    PublishedEvent,
     SpanEvent,
     SpanLink,
     TopicGroup,
@@ -70,12 +89,19 @@ from tracing._redaction import RedactionConfigError, Redactor
 __all__ = [
     "ClickHouseCapture",
     "ClickHouseSpanExporter",
+    "CutDelivery",
+    "DeadLetterGroup",
     "DeliveryAttempt",
     "EventRow",
     "EventWindow",
+    "GroupLatency",
+    "GroupOutcome",
+    "IntegrityReport",
     "InvalidQuery",
+    "OrphanSpan",
     "Page",
     "ProducerTopic",
+    "PublishedEvent",
     "RedactionConfigError",
     "Redactor",
     "SpanEvent",
@@ -89,14 +115,21 @@ __all__ = [
     "TraceSummary",
     "TraceView",
     "count_events_in_window",
+    "dead_letters_by_reason",
     "delivery_history",
+    "delivery_outcomes",
     "events_by_id",
     "events_in_window",
     "events_of_replay",
     "events_of_traces",
+    "group_latencies",
     "parse_attribute_filter",
+    "published_events",
     "replayed_event_ids",
     "search_traces",
+    "topic_groups",
     "topic_map",
+    "topics_in_window",
     "trace_by_id",
+    "trace_integrity",
 ]

@@ -27,12 +27,19 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_SEARCH_WINDOW",
     "MAX_PAGE_SIZE",
+    "CutDelivery",
+    "DeadLetterGroup",
     "DeliveryAttempt",
     "EventRow",
     "EventWindow",
+    "GroupLatency",
+    "GroupOutcome",
+    "IntegrityReport",
     "InvalidQuery",
+    "OrphanSpan",
     "Page",
     "ProducerTopic",
+    "PublishedEvent",
     "SpanEvent",
     "SpanLink",
     "TopicGroup",
@@ -658,3 +665,86 @@ class TopicMap:
 
     def topic(self, name: str) -> TopicStats | None:
         return next((t for t in self.topics if t.topic == name), None)
+
+
+# --- audits -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEvent:
+    """An original event as the delivery-completeness audit needs it: which, where, when."""
+
+    event_id: str
+    topic: str
+    type: str
+    published_ns: int
+    trace_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    """What happened to one event in one consumer group: first ack (0: never), attempts, and
+    the latest outcome and error."""
+
+    event_id: str
+    topic: str
+    group: str
+    acked: bool
+    first_ack_ns: int
+    attempts: int
+    last_outcome: str
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLatency:
+    """publish -> ack latency of one topic's acks in one group, in nanoseconds."""
+
+    topic: str
+    group: str
+    acks: int
+    p50_ns: int
+    p95_ns: int
+    p99_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterGroup:
+    """Dead letters of one topic and group for one reason (the last attempt's error)."""
+
+    topic: str
+    group: str
+    reason: str
+    events: int
+    sample: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanSpan:
+    """A span whose parent span is not in the store."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    service: str
+
+
+@dataclass(frozen=True, slots=True)
+class CutDelivery:
+    """A delivery of a traced event recorded under another trace (or none)."""
+
+    event_id: str
+    topic: str
+    group: str
+    trace_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrityReport:
+    """What breaks traces in a window (see ``tracing.trace_integrity``)."""
+
+    untraced_events: int
+    untraced_sample: tuple[str, ...]
+    orphan_spans: tuple[OrphanSpan, ...]
+    cut_deliveries: tuple[CutDelivery, ...]

@@ -20,6 +20,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "meshadmin",
+    "django_celery_beat",
+    "meshadmin.audits",
 ]
 
 MIDDLEWARE = [
@@ -54,6 +56,8 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": os.environ.get("MESHTAP_DJANGO_DB", str(VAR_DIR / "meshadmin.sqlite3")),
+        # The web admin, Celery workers and beat share the file in server mode.
+        "OPTIONS": {"timeout": 20},
     }
 }
 
@@ -77,11 +81,41 @@ MESHTAP_CLICKHOUSE_URL = os.environ.get(
     "MESHTAP_CLICKHOUSE_URL", f"chdb://{VAR_DIR.resolve() / 'chdb'}"
 )
 
-# Celery (meshadmin/celery.py): in-process memory transport by default, Redis in server mode.
+# Celery (meshadmin/celery.py): in-process memory transport by default, Redis in server mode
+# (MESHTAP_CELERY_BROKER_URL=redis://host:6379/1; the result backend follows the broker).
 CELERY_BROKER_URL = os.environ.get("MESHTAP_CELERY_BROKER_URL", "memory://")
+CELERY_RESULT_BACKEND = os.environ.get(
+    "MESHTAP_CELERY_RESULT_BACKEND",
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None,
+)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_RESULT_EXPIRES = 24 * 3600
+# Redis redelivers a task whose worker died unacked after this many seconds; it must exceed the
+# longest task (replays resume from their checkpoint, so a redelivered long replay is harmless).
+# Workers look for such tasks every MESHTAP_CELERY_RESTORE_INTERVAL seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("MESHTAP_CELERY_VISIBILITY_TIMEOUT", "3600")),
+    "unacked_restore_interval": int(os.environ.get("MESHTAP_CELERY_RESTORE_INTERVAL", "60")),
+    "unacked_restore_throttle": 1,
+}
+# Audits' schedules are django_celery_beat rows; queues, routes and the housekeeping schedule
+# are declared in code (meshadmin/queues.py, meshadmin/scheduled.py).
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# Housekeeping (meshadmin.tasks, schedules in meshadmin.scheduled): capture tables keep this many
+# days; capture health reads the runtime's /metrics (MESHTAP_RUNTIME_URL).
+MESHTAP_RETENTION_DAYS = int(os.environ.get("MESHTAP_RETENTION_DAYS", "30"))
+
+# Audit notifications: the sender of audit emails (Django's EMAIL_* settings pick the backend).
+DEFAULT_FROM_EMAIL = os.environ.get("MESHTAP_EMAIL_FROM", "meshtap@localhost")
+EMAIL_BACKEND = os.environ.get(
+    "MESHTAP_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend"
+)
+EMAIL_FILE_PATH = os.environ.get("MESHTAP_EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
+EMAIL_HOST = os.environ.get("MESHTAP_EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("MESHTAP_EMAIL_PORT", "25"))
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))

@@ -7,7 +7,8 @@ retention.
   block's calls out of the traces.
 * :func:`plan`, :func:`migrate`, :func:`check` -- the numbered migrations in
   ``tracing/migrations`` (``python manage.py migrate_clickhouse``).
-* :func:`drop_partitions_older_than` -- retention by daily partitions.
+* :func:`drop_partitions_older_than` -- retention by daily partitions (and
+  :func:`partitions_older_than`, what it would drop).
 
 Errors (see ``_errors``)::
 
@@ -30,7 +31,7 @@ from tracing.clickhouse._errors import (
     SchemaNotMigrated,
 )
 from tracing.clickhouse._migrate import Migration, Operation, all_migrations, check, migrate, plan
-from tracing.clickhouse._retention import drop_partitions_older_than
+from tracing.clickhouse._retention import drop_partitions_older_than, partitions_older_than
 from tracing.clickhouse._schema import DATABASE, INSERT_TABLES, TABLES
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "check",
     "drop_partitions_older_than",
     "migrate",
+    "partitions_older_than",
     "plan",
     "suppress_tracing",
 ]

@@ -16,7 +16,7 @@ from tracing.clickhouse._errors import ClickhouseUsageError
 from tracing.clickhouse._schema import DATABASE, PARTITIONED_TABLES
 from tracing.clickhouse._sql import table_sql
 
-__all__ = ["drop_partitions_older_than"]
+__all__ = ["drop_partitions_older_than", "partitions_older_than"]
 
 _DAILY_PARTITIONS = """
 SELECT DISTINCT table, partition_id
@@ -37,6 +37,21 @@ def drop_partitions_older_than(
     ``days=7`` keeps today and the 7 days before it. Partitions whose id is not a
     ``YYYYMMDD`` day are left alone.
     """
+    dropped = partitions_older_than(client, days, today=today)
+    for table, partition_id in dropped:
+        client.execute(
+            table_sql(_DROP_PARTITION, table),
+            {"partition_id": partition_id},
+            purpose=Purpose.MIGRATE,
+        )
+    return dropped
+
+
+def partitions_older_than(
+    client: ClickHouse, days: int, *, today: date | None = None
+) -> list[tuple[str, str]]:
+    """The ``(table, partition_id)`` pairs :func:`drop_partitions_older_than` would drop, left
+    in place: the capture-health audit's "was retention applied" check."""
     if days < 0:
         raise ClickhouseUsageError(f"retention of {days} days: give a number of days >= 0")
     today = today or datetime.now(UTC).date()
@@ -46,18 +61,12 @@ def drop_partitions_older_than(
         {"database": DATABASE, "tables": PARTITIONED_TABLES},
         purpose=Purpose.MIGRATE,
     )
-    dropped: list[tuple[str, str]] = []
+    expired: list[tuple[str, str]] = []
     for table, partition_id in rows:
         day = _day_of(partition_id)
-        if day is None or day >= oldest_kept:
-            continue
-        client.execute(
-            table_sql(_DROP_PARTITION, table),
-            {"partition_id": partition_id},
-            purpose=Purpose.MIGRATE,
-        )
-        dropped.append((table, partition_id))
-    return dropped
+        if day is not None and day < oldest_kept:
+            expired.append((table, partition_id))
+    return expired
 
 
 def _day_of(partition_id: str) -> date | None:
