@@ -11,6 +11,9 @@ from meshadmin.replays import execute_job
 
 
 class Queue(enum.StrEnum):
+    """Queues, routed by ``CELERY_TASK_ROUTES`` in settings (the ``queue`` task option is
+    deprecated in Celery 5)."""
+
     REPLAY = "replay"
 
 
@@ -22,7 +25,6 @@ class RetryableReplayFailure(Exception):
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.REPLAY.value,
     max_retries=5,
     retry_backoff=True,
 )

@@ -11,7 +11,8 @@ Depends on `runtime` (never the other way round); no Django here.
 * :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and
   extensions before anything is written.
 * the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
-  :func:`delivery_history`, :func:`topic_map`, and for replay :func:`events_by_id`,
+  :func:`delivery_history`, :func:`topic_map`, for the event browser :func:`search_events`,
+  :func:`event_histogram` and :func:`replays_of_trace`, and for replay :func:`events_by_id`,
   :func:`count_events_in_window`,
   :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
   their frozen inputs and results: what the web admin and replay read.
@@ -31,6 +32,7 @@ construction and ``start``)::
 
 from __future__ import annotations
 
+from tracing._browse import EventHistogram, event_histogram, replays_of_trace, search_events
 from tracing._exporter import ClickHouseSpanExporter
 from tracing._queries import (
     count_events_in_window,
@@ -70,6 +72,7 @@ __all__ = [
     "ClickHouseCapture",
     "ClickHouseSpanExporter",
     "DeliveryAttempt",
+    "EventHistogram",
     "EventRow",
     "EventWindow",
     "InvalidQuery",
@@ -89,12 +92,15 @@ __all__ = [
     "TraceView",
     "count_events_in_window",
     "delivery_history",
+    "event_histogram",
     "events_by_id",
     "events_in_window",
     "events_of_replay",
     "events_of_traces",
     "parse_attribute_filter",
     "replayed_event_ids",
+    "replays_of_trace",
+    "search_events",
     "search_traces",
     "topic_map",
     "trace_by_id",

@@ -20,6 +20,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "meshadmin",
+    "meshadmin.web",
 ]
 
 MIDDLEWARE = [
@@ -68,6 +69,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:traces"
+LOGOUT_REDIRECT_URL = "web:login"
 
 # Where the runtime this admin talks to lives (used by later features: subscriptions sync).
 MESHTAP_RUNTIME_URL = os.environ.get("MESHTAP_RUNTIME_URL", "http://127.0.0.1:10105")
@@ -82,6 +86,7 @@ CELERY_BROKER_URL = os.environ.get("MESHTAP_CELERY_BROKER_URL", "memory://")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ROUTES = {"meshadmin.tasks.run_replay_job": {"queue": "replay"}}
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))
