@@ -43,7 +43,7 @@ def mesh(request: pytest.FixtureRequest, tmp_path: Path, settings: Any) -> Itera
             settings.MESHTAP_RUNTIME_URL = recorded.http_url
             yield recorded
     finally:
-        _store.close()
+        _store.close_all()
 
 
 def login(role: str) -> Client:
@@ -190,7 +190,8 @@ def test_topology_draws_producers_topics_and_groups(mesh: Mesh) -> None:
     assert '<svg class="topology"' in html
     for name in ("orders.eu.created", "payments.captured", "billing", "shipping", "ledger"):
         assert f">{name}<" in html
-    assert "% err" in html  # shipping's error rate
+    assert "% failed" in html  # shipping's error rate
+    assert "dead-lettered" in html
     assert 'class="edge error"' in html
 
 

@@ -12,13 +12,14 @@ from tracing import EventHistogram, TopicMap
 
 
 def _nice_max(value: int) -> int:
-    if value <= 5:
-        return max(value, 1)
-    magnitude = 10 ** (len(str(value)) - 1)
-    for step in (1, 2, 5, 10):
-        if value <= step * magnitude:
-            return step * magnitude
-    return 10 * magnitude
+    """The chart's top: four gridline steps of 1, 2 or 5 times a power of ten."""
+    quarter = max(value, 1) / 4
+    magnitude = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * magnitude >= quarter:
+                return 4 * step * magnitude
+        magnitude *= 10
 
 
 def histogram_svg(h: EventHistogram, width: int = 1100, height: int = 180) -> str:
@@ -71,6 +72,7 @@ class _Node:
     sub: str
     column: int
     css: str
+    sub2: str = ""
     y: float = 0.0
 
 
@@ -94,16 +96,20 @@ def topology_svg(m: TopicMap, max_per_column: int = 40) -> str:
         attempts = sum(e.attempts for e in edges)
         failed = sum(e.failed for e in edges)
         dead = sum(e.dead_letters for e in edges)
-        sub = f"{sum(e.rate_per_s for e in edges):.2f}/s acked"
+        acked = sum(e.acked for e in edges)
+        sub = f"{acked} acked · {sum(e.rate_per_s for e in edges):.2f}/s"
+        problems = []
         if failed:
-            sub += f" · {100 * failed / max(attempts, 1):.1f}% err"
+            problems.append(f"{100 * failed / max(attempts, 1):.1f}% failed")
         if dead:
-            sub += f" · {dead} DLQ"
+            problems.append(f"{dead} dead-lettered")
         unacked = sum(max(0, (t.events if (t := m.topic(e.topic)) else 0) - e.acked) for e in edges)
         if unacked:
-            sub += f" · {unacked} unacked"
-        nodes["g:" + g] = _Node("g:" + g, g, sub, 2, "group error" if failed else "group")
-    row_h, node_h, node_w = 54, 40, 230
+            problems.append(f"{unacked} unacked")
+        nodes["g:" + g] = _Node(
+            "g:" + g, g, sub, 2, "group error" if failed else "group", " · ".join(problems)
+        )
+    row_h, node_h, node_w = 62, 50, 250
     columns = [[n for n in nodes.values() if n.column == c] for c in range(3)]
     rows = max((len(c) for c in columns), default=1)
     height = max(rows, 1) * row_h + 40
@@ -158,6 +164,7 @@ def topology_svg(m: TopicMap, max_per_column: int = 40) -> str:
             f'height="{node_h}" rx="6"/><text class="label" x="{x + 10}" y="{node.y + 17:.1f}">'
             f"{escape(_clip(node.label))}</text>"
             f'<text class="sub" x="{x + 10}" y="{node.y + 32:.1f}">{escape(node.sub)}</text>'
+            f'<text class="sub bad" x="{x + 10}" y="{node.y + 45:.1f}">{escape(node.sub2)}</text>'
             f"<title>{escape(node.label)}</title></g>"
         )
     parts.append("</svg>")

@@ -1,7 +1,8 @@
 """The capture store for a request: one ClickHouse client per thread and URL, reused.
 
 Opening per request would redo the connection handshake (server) or the session (chDB) each
-time; a thread-local client keeps that off the page's render time.
+time; a per-thread client keeps that off the page's render time. ``close_all`` closes every
+thread's client (tests switch stores between runs; a server shutting down).
 """
 
 from __future__ import annotations
@@ -12,24 +13,26 @@ from django.conf import settings
 
 from tracing.clickhouse import ClickHouse
 
-_local = threading.local()
+_lock = threading.Lock()
+_clients: dict[int, tuple[str, ClickHouse]] = {}
 
 
 def client() -> ClickHouse:
     url = str(settings.MESHTAP_CLICKHOUSE_URL)
-    cached: ClickHouse | None = getattr(_local, "client", None)
-    if cached is not None and getattr(_local, "url", None) == url:
-        return cached
-    if cached is not None:
-        cached.close()
-    _local.client = ClickHouse.open(url)
-    _local.url = url
-    return _local.client  # type: ignore[no-any-return]
+    me = threading.get_ident()
+    with _lock:
+        cached = _clients.get(me)
+        if cached is not None and cached[0] == url:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        fresh = ClickHouse.open(url)
+        _clients[me] = (url, fresh)
+        return fresh
 
 
-def close() -> None:
-    """Close this thread's client (tests switch stores between runs)."""
-    cached: ClickHouse | None = getattr(_local, "client", None)
-    if cached is not None:
-        cached.close()
-        _local.client = None
+def close_all() -> None:
+    with _lock:
+        for _, cached in _clients.values():
+            cached.close()
+        _clients.clear()

@@ -135,7 +135,12 @@ def topology(request: HttpRequest) -> HttpResponse:
         map=m,
         range_text=f"{when(m.since_ns)} to {when(m.until_ns)} UTC",
         groups=[
-            {"g": g, "error_rate": 100 * g.failed / max(g.attempts, 1)} for g in m.groups[:200]
+            {
+                "g": g,
+                "error_rate": 100 * g.failed / max(g.attempts, 1),
+                "unacked": max(0, (t.events if (t := m.topic(g.topic)) else 0) - g.acked),
+            }
+            for g in m.groups[:200]
         ],
     )
     return render(request, "web/topology.html", context)

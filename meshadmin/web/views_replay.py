@@ -31,7 +31,7 @@ from replay import DiffRules, ReplayError, ReplaySpec, dry_run
 from tracing import InvalidQuery, trace_by_id
 from tracing.clickhouse import ClickHouse, ClickhouseError
 
-SPEEDS = ("max", "1x", "2x", "10x", "100/s", "1000/s")
+SPEEDS = ("max", "1x", "2x", "10x", "10/s", "100/s", "1000/s")
 
 
 def _lines(text: str) -> tuple[str, ...]:

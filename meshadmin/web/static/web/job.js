@@ -9,7 +9,7 @@
     $("pct").textContent = p.percent + "%";
     ["sent", "total", "skipped", "failed"].forEach(function (k) { $(k).textContent = p[k]; });
     var status = $("status");
-    status.textContent = p.status + (p.command !== "run" && !p.finished ? " (" + p.command + " requested)" : "");
+    status.textContent = p.status + (p.command !== "run" && p.status === "running" ? " (" + p.command + " requested)" : "");
     status.className = "status " + p.status;
     $("error").hidden = !p.error;
     $("error").textContent = p.error;

@@ -60,6 +60,8 @@
       if (s.open) for (var k = s.children.length - 1; k >= 0; k--) todo.push(s.children[k]);
     }
     spacer.style.height = visible.length * ROW + "px";
+    // Small traces get a short panel; big ones scroll inside at most ~2/3 of the window.
+    body.style.height = Math.min(visible.length * ROW + 4, Math.max(240, window.innerHeight * 0.62)) + "px";
     count.textContent = visible.length + " of " + spans.length + " spans shown";
   }
 
@@ -176,7 +178,6 @@
     var act = ev.target.dataset && ev.target.dataset.act;
     if (!act) return;
     spans.forEach(function (s) { s.open = act === "expand"; });
-    if (act === "collapse") roots.forEach(function (r) { r.open = true; });
     flatten(); render();
   });
   showCritical.addEventListener("change", render);
