@@ -9,7 +9,9 @@ Django's live server, and a Celery worker consuming the ``replay`` queue.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from meshadmin.web import _store
 from tests.meshes import ROOT
 from tests.servers import ClickHouseServer
 from tests.webmesh import ORDERS, Mesh, mesh_with_traffic
+from tracing.clickhouse import ClickHouse, migrate
 
 SHOTS = ROOT / "test-artifacts" / "screenshots"
 
@@ -168,3 +171,79 @@ def test_find_a_failed_delivery_open_it_and_replay_its_window(
     page.goto(base + "/topology/?range=1h")
     expect(page.locator("svg.topology")).to_be_visible()
     shot(page, "09-topology")
+
+
+BIG = 10_000
+
+
+def insert_big_trace(url: str) -> str:
+    """One trace of 10,000 spans: a root with ten children, each of those with ten ... (a
+    4-level tree), every 97th span failed."""
+    trace_id = "b" * 32
+    start = int(datetime.now(UTC).timestamp()) * 1_000_000_000 - 60 * 1_000_000_000
+    names = (
+        "trace_id", "span_id", "parent_span_id", "name", "kind", "service_name", "start_ns",
+        "end_ns", "duration_ns", "start_at", "status_code", "attr_keys", "attr_values",
+    )  # fmt: skip
+    columns: dict[str, list[Any]] = {c: [] for c in names}
+    for n in range(BIG):
+        begin = start + n * 20_000
+        values = {
+            "trace_id": trace_id,
+            "span_id": f"{n + 1:016x}",
+            "parent_span_id": "" if n == 0 else f"{(n - 1) // 10 + 1:016x}",
+            "name": f"step-{n}",
+            "kind": "internal",
+            "service_name": f"svc-{n % 9}",
+            "start_ns": begin,
+            "end_ns": begin + 15_000,
+            "duration_ns": 15_000,
+            "start_at": begin // 1_000_000_000,
+            "status_code": "error" if n % 97 == 5 else "ok",
+            "attr_keys": ["step"],
+            "attr_values": [str(n)],
+        }
+        for key, value in values.items():
+            columns[key].append(value)
+    with ClickHouse.open(url) as client:
+        client.insert("spans", list(columns), list(columns.values()))
+    return trace_id
+
+
+@pytest.fixture
+def big_trace(clickhouse_server: ClickHouseServer, settings: Any) -> Iterator[str]:
+    settings.MESHTAP_CLICKHOUSE_URL = clickhouse_server.url
+    with ClickHouse.open(clickhouse_server.url) as client:
+        migrate(client)
+    try:
+        yield insert_big_trace(clickhouse_server.url)
+    finally:
+        _store.close_all()
+
+
+def test_a_trace_of_10000_spans_renders_lazily(
+    big_trace: str, live_server: Any, qa_user: str, page: Page
+) -> None:
+    page.goto(live_server.url + "/login/")
+    page.get_by_label("User name").fill(qa_user)
+    page.get_by_label("Password").fill("correct horse 1")
+    page.get_by_role("button", name="Sign in").click()
+
+    started = time.monotonic()
+    page.goto(f"{live_server.url}/traces/{big_trace}/")
+    expect(page.locator(".wf-row").first).to_be_visible()
+    page.get_by_role("button", name="Expand all").click()
+    expect(page.locator("#wf-count")).to_have_text(f"{BIG} of {BIG} spans shown")
+    opened_s = time.monotonic() - started
+    assert page.locator(".wf-row").count() < 120  # only the rows in view exist
+    # Scroll to the end: the last spans are drawn, still only a window of rows.
+    page.locator("#wf-body").evaluate("b => { b.scrollTop = b.scrollHeight; }")
+    expect(page.locator(".wf-row", has_text="step-1110")).to_be_visible()  # last in tree order
+    assert page.locator(".wf-row").count() < 120
+    # Find a deep span: the tree opens to it and its detail shows.
+    page.get_by_role("button", name="Collapse all").click()
+    page.locator("#wf-find").fill("step-5432")
+    page.locator("#wf-find").press("Enter")
+    expect(page.locator("#spandetail")).to_contain_text("step-5432")
+    shot(page, "10-trace-10000-spans")
+    assert opened_s < 30, f"opening and expanding {BIG} spans took {opened_s:.1f} s"
