@@ -248,7 +248,47 @@ def test_replay_from_a_trace_runs_on_a_celery_worker(mesh: Mesh) -> None:
     page = text(client.get(f"/replays/{job.pk}/"))
     assert "completed" in page
     assert job.replay_id in page
+    # The original trace links to its replay, and the replay's trace back to the original.
+    original = text(client.get(f"/traces/{failed}/"))
+    replayed = re.search(r"replayed as <a class=\"mono\" href=\"/traces/([0-9a-f]{32})/", original)
+    assert replayed is not None, "no 'replayed as' link"
+    assert f'replayed from <a class="mono" href="/traces/{failed}/' in text(
+        client.get(f"/traces/{replayed.group(1)}/")
+    )
     # Finished: pause is refused with the reason.
     refused = client.post(f"/replays/{job.pk}/pause/")
     assert refused.status_code == 409
     assert "cannot pause a job that is completed" in text(refused)
+
+
+@pytest.mark.django_db
+def test_the_django_admin_lists_filters_and_cancels_replay_jobs() -> None:
+    admin = login("admin")
+    paused = ReplayJob.objects.create(
+        spec={"topics": ["orders.#"], "to_prefix": "replay."},
+        target_url="http://127.0.0.1:1",
+        status=ReplayJob.Status.PAUSED,
+    )
+    done = ReplayJob.objects.create(
+        spec={"topics": ["payments.#"], "to_prefix": "sandbox."},
+        target_url="http://127.0.0.1:1",
+        status=ReplayJob.Status.COMPLETED,
+    )
+    listing = text(admin.get("/admin/meshadmin/replayjob/", {"status__exact": "paused"}))
+    assert paused.replay_id in listing
+    assert done.replay_id not in listing
+    assert "orders.#" in listing
+    assert paused.replay_id in text(
+        admin.get("/admin/meshadmin/replayjob/", {"q": paused.replay_id})
+    )
+    response = admin.post(
+        "/admin/meshadmin/replayjob/",
+        {"action": "cancel", "_selected_action": [paused.pk, done.pk]},
+    )
+    assert response.status_code == 302
+    paused.refresh_from_db()
+    done.refresh_from_db()
+    assert paused.status == "cancelled"
+    assert done.status == "completed"  # finished jobs are left alone
+    # QA users are not staff: no configuration.
+    assert login("QA").get("/admin/meshadmin/replayjob/").status_code == 302
