@@ -23,6 +23,7 @@ from django.test import Client
 from meshadmin.celery import app as celery_app
 from meshadmin.models import ReplayJob
 from meshadmin.web import _store
+from meshadmin.web._runtime_api import RuntimeApi
 from tests.servers import ClickHouseServer
 from tests.webmesh import ORDERS, Mesh, mesh_with_traffic
 
@@ -191,7 +192,7 @@ def test_topology_draws_producers_topics_and_groups(mesh: Mesh) -> None:
     for name in ("orders.eu.created", "payments.captured", "billing", "shipping", "ledger"):
         assert f">{name}<" in html
     assert "% failed" in html  # shipping's error rate
-    assert "dead-lettered" in html
+    assert "8 DLQ" in html  # the dead letters
     assert 'class="edge error"' in html
 
 
@@ -292,3 +293,36 @@ def test_the_django_admin_lists_filters_and_cancels_replay_jobs() -> None:
     assert done.status == "completed"  # finished jobs are left alone
     # QA users are not staff: no configuration.
     assert login("QA").get("/admin/meshadmin/replayjob/").status_code == 302
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mesh", ["chdb"], indirect=True)
+def test_admins_change_subscriptions_through_the_runtime_api(mesh: Mesh) -> None:
+    assert login("QA").get("/config/subscriptions/").status_code == 403
+    admin = login("admin")
+    page = text(admin.get("/config/subscriptions/"))
+    assert "<b>shipping</b>" in page  # live from the runtime
+    api = RuntimeApi(mesh.http_url)
+    before = api.subscriptions()
+
+    form = {"action": "subscribe", "topic": "audits.#", "group": "audit", "mode": "clustering"}
+    bad = admin.post(
+        "/config/subscriptions/", {**form, "sink": "http://127.0.0.1:9/x", "filters": "[{"}
+    )
+    assert bad.status_code == 400
+    assert "filters are not JSON" in text(bad)
+    refused = admin.post("/config/subscriptions/", {**form, "sink": "http://169.254.169.254/"})
+    assert refused.status_code == 400
+    assert "the runtime refused it:" in text(refused)
+    assert api.subscriptions() == before  # nothing was created
+
+    done = admin.post("/config/subscriptions/", {**form, "sink": "http://127.0.0.1:9/x"})
+    assert done.status_code == 302
+    created = [s for s in api.subscriptions() if s["group"] == "audit"]
+    assert [s["topic"] for s in created] == ["audits.#"]
+    assert "<b>audit</b>" in text(admin.get("/config/subscriptions/"))
+    admin.post("/config/subscriptions/", {"action": "unsubscribe", "id": created[0]["id"]})
+    assert api.subscriptions() == before
+
+    admin.post("/config/subscriptions/", {"action": "create_topic", "name": "audits.daily"})
+    assert "audits.daily" in api.topics()

@@ -102,7 +102,7 @@ def topology_svg(m: TopicMap, max_per_column: int = 40) -> str:
         if failed:
             problems.append(f"{100 * failed / max(attempts, 1):.1f}% failed")
         if dead:
-            problems.append(f"{dead} dead-lettered")
+            problems.append(f"{dead} DLQ")
         unacked = sum(max(0, (t.events if (t := m.topic(e.topic)) else 0) - e.acked) for e in edges)
         if unacked:
             problems.append(f"{unacked} unacked")

@@ -11,11 +11,12 @@ ADMIN: Final = "admin"
 BROWSE: Final = "web.browse"
 REPLAY: Final = "web.replay_sandbox"
 REPLAY_PRODUCTION: Final = "web.replay_production"
+CONFIGURE: Final = "web.configure"
 
 GROUP_PERMISSIONS: Final = {
     SRE: ("browse",),
     QA: ("browse", "replay_sandbox"),
-    ADMIN: ("browse", "replay_sandbox", "replay_production"),
+    ADMIN: ("browse", "replay_sandbox", "replay_production", "configure"),
 }
 """Codenames of ``web.Access`` permissions per group; admin also gets every permission of the
 ``meshadmin`` app (configuration in the Django admin)."""

@@ -2,7 +2,8 @@
 
 ``browse`` every read-only page; ``replay_sandbox`` start replays into sandbox topics
 (``replay.``/``sandbox.`` prefixes); ``replay_production`` replays that may write anything else
-(``allow_production``). Groups (``_roles``) bundle them.
+(``allow_production``); ``configure`` the runtime's topics and subscriptions. Groups
+(``_roles``) bundle them.
 """
 
 from __future__ import annotations
@@ -18,4 +19,5 @@ class Access(models.Model):
             ("browse", "Browse traces, events and topology"),
             ("replay_sandbox", "Start and control replays into sandbox topics"),
             ("replay_production", "Start replays that target production topics"),
+            ("configure", "Change topics and subscriptions of the runtime"),
         ]

@@ -8,7 +8,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 from django.views.static import serve
 
-from meshadmin.web import views_events, views_replay, views_traces
+from meshadmin.web import views_config, views_events, views_replay, views_traces
 
 app_name = "web"
 
@@ -28,6 +28,7 @@ urlpatterns = [
         name="event",
     ),
     path("static/web/<path:path>", serve, {"document_root": STATIC_DIR}, name="static"),
+    path("config/subscriptions/", views_config.subscriptions, name="subscriptions"),
     path("topology/", views_events.topology, name="topology"),
     path("replays/", views_replay.replays, name="replays"),
     path("replays/new/", views_replay.replay_new, name="replay_new"),

@@ -20,6 +20,7 @@ class Migration(migrations.Migration):
                     ("browse", "Browse traces, events and topology"),
                     ("replay_sandbox", "Start and control replays into sandbox topics"),
                     ("replay_production", "Start replays that target production topics"),
+                    ("configure", "Change topics and subscriptions of the runtime"),
                 ],
             },
         ),
