@@ -326,3 +326,28 @@ def test_admins_change_subscriptions_through_the_runtime_api(mesh: Mesh) -> None
 
     admin.post("/config/subscriptions/", {"action": "create_topic", "name": "audits.daily"})
     assert "audits.daily" in api.topics()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mesh", ["chdb"], indirect=True)
+def test_replay_of_an_event_selection_is_prefilled_with_its_dry_run(mesh: Mesh) -> None:
+    qa = login("QA")
+    browser = text(qa.get("/events/", {"topic": "orders.*.created", "range": "1h"}))
+    assert "Replay selected…" in browser
+    form = text(
+        qa.get(
+            "/replays/new/",
+            {
+                "topic": "orders.*.created",
+                "since": mesh.since.isoformat(),
+                "until": mesh.until.isoformat(),
+                "event": ["order-0001", "order-0002"],
+            },
+        )
+    )
+    assert "order-0001\norder-0002</textarea>" in form
+    assert "<th>events</th><td><b>2</b></td>" in form
+    assert "replay.orders.us.created" in form  # where they would go
+    bad = qa.get("/replays/new/", {"topic": "orders.#", "since": "yesterday"})
+    assert bad.status_code == 400
+    assert "since &#x27;yesterday&#x27; is not a time" in text(bad)

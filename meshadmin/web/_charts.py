@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
-from meshadmin.web._format import duration
 from tracing import EventHistogram, TopicMap
 
 
@@ -175,4 +174,4 @@ def _clip(text: str, n: int = 30) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-__all__ = ["duration", "histogram_svg", "topology_svg"]
+__all__ = ["histogram_svg", "topology_svg"]
