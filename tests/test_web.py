@@ -256,6 +256,13 @@ def test_replay_from_a_trace_runs_on_a_celery_worker(mesh: Mesh) -> None:
     assert f'replayed from <a class="mono" href="/traces/{failed}/' in text(
         client.get(f"/traces/{replayed.group(1)}/")
     )
+    # The outcome diff of the finished job (nothing consumes replay.# and answers here, so
+    # the one trigger has no responses either way: matched by being equally silent or missing).
+    assert client.post(f"/replays/{job.pk}/diff/").status_code == 302
+    job.refresh_from_db()
+    assert job.diff_report is not None
+    assert job.diff_report["triggers"] == 1
+    assert "Outcome diff" in text(client.get(f"/replays/{job.pk}/"))
     # Finished: pause is refused with the reason.
     refused = client.post(f"/replays/{job.pk}/pause/")
     assert refused.status_code == 409

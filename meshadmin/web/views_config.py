@@ -14,6 +14,9 @@ from meshadmin.web._access import requires
 from meshadmin.web._roles import CONFIGURE
 from meshadmin.web._runtime_api import RuntimeApi, RuntimeApiError
 
+MAX_SHOWN = 500
+"""Subscriptions one page shows (the runtime lists them all)."""
+
 
 def _subscription(form: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -65,7 +68,9 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
             context["error"] = str(e)
     try:
         context["topics"] = api.topics()
-        context["subscriptions"] = api.subscriptions()
+        found = api.subscriptions()
+        context["subscriptions"] = found[:MAX_SHOWN]
+        context["more"] = max(0, len(found) - MAX_SHOWN)
     except RuntimeApiError as e:
         context["error"] = str(e)
     status = 400 if request.method == "POST" and "error" in context else 200
