@@ -358,3 +358,16 @@ def test_replay_of_an_event_selection_is_prefilled_with_its_dry_run(mesh: Mesh) 
     bad = qa.get("/replays/new/", {"topic": "orders.#", "since": "yesterday"})
     assert bad.status_code == 400
     assert "since &#x27;yesterday&#x27; is not a time" in text(bad)
+
+
+@pytest.mark.django_db
+def test_an_unmigrated_store_is_a_503_saying_what_to_run(tmp_path: Path, settings: Any) -> None:
+    settings.MESHTAP_CLICKHOUSE_URL = f"chdb://{tmp_path / 'empty'}"
+    client = login("SRE")
+    try:
+        for url in ("/", "/topology/", "/events/", "/traces/" + "ab" * 16 + "/"):
+            response = client.get(url)
+            assert response.status_code == 503, url
+            assert "migrate_clickhouse" in text(response), url
+    finally:
+        _store.close_all()
