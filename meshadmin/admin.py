@@ -64,10 +64,10 @@ class ReplayJobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Re-queue the selected paused or failed jobs (resume)")
     def requeue(self, request: HttpRequest, queryset: QuerySet[ReplayJob]) -> None:
-        from meshadmin.tasks import run_replay_job
+        from meshadmin.web._jobs import enqueue
 
         jobs = list(queryset.filter(status__in=("paused", "failed")))
         for job in jobs:
             ReplayJob.objects.filter(pk=job.pk).update(command=ReplayJob.Command.RUN)
-            run_replay_job.delay(job.pk)
+            enqueue(job.pk)
         self.message_user(request, f"re-queued {len(jobs)} job(s)", messages.SUCCESS)

@@ -39,6 +39,7 @@ def mesh(request: pytest.FixtureRequest, tmp_path: Path, settings: Any) -> Itera
         url = f"chdb://{tmp_path / 'chdb'}"
     settings.MESHTAP_CLICKHOUSE_URL = url
     settings.MESHTAP_REPLAY_SPOOL_DIR = str(tmp_path / "replay-spool")
+    settings.MESHTAP_REPLAY_IN_PROCESS = False  # the real Celery worker runs them
     try:
         with mesh_with_traffic(url, tmp_path / "spool") as recorded:
             settings.MESHTAP_RUNTIME_URL = recorded.http_url
@@ -371,3 +372,34 @@ def test_an_unmigrated_store_is_a_503_saying_what_to_run(tmp_path: Path, setting
             assert "migrate_clickhouse" in text(response), url
     finally:
         _store.close_all()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.parametrize("mesh", ["chdb"], indirect=True)
+def test_with_the_embedded_broker_a_replay_runs_in_the_web_process(
+    mesh: Mesh, settings: Any
+) -> None:
+    settings.MESHTAP_REPLAY_IN_PROCESS = True  # the default with CELERY_BROKER_URL memory://
+    client = login("QA")
+    failed = mesh.failed_order_trace()
+    response = client.post(
+        "/replays/new/",
+        {
+            "topics": "orders.#",
+            "since": mesh.since.isoformat(),
+            "until": mesh.until.isoformat(),
+            "trace_ids": failed,
+            "speed": "max",
+            "to_prefix": "sandbox.",
+            "target_url": mesh.http_url,
+            "start": "1",
+        },
+    )
+    assert response.status_code == 302, text(response)
+    job = ReplayJob.objects.get()
+    deadline = time.monotonic() + 60
+    while not (progress := client.get(f"/replays/{job.pk}/progress.json").json())["finished"]:
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.2)
+    assert progress["status"] == "completed", progress
+    assert progress["sent"] == 1

@@ -40,6 +40,7 @@ pytestmark = [
 def mesh(clickhouse_server: ClickHouseServer, tmp_path: Path, settings: Any) -> Iterator[Mesh]:
     settings.MESHTAP_CLICKHOUSE_URL = clickhouse_server.url
     settings.MESHTAP_REPLAY_SPOOL_DIR = str(tmp_path / "replay-spool")
+    settings.MESHTAP_REPLAY_IN_PROCESS = False  # the real Celery worker runs them
     try:
         with mesh_with_traffic(clickhouse_server.url, tmp_path / "spool") as recorded:
             settings.MESHTAP_RUNTIME_URL = recorded.http_url

@@ -87,6 +87,12 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ROUTES = {"meshadmin.tasks.run_replay_job": {"queue": "replay"}}
+# Replays started from the web console run in a thread of the web process when no worker can
+# reach the broker (the in-process memory:// default); with Redis, a worker runs them.
+MESHTAP_REPLAY_IN_PROCESS = (
+    os.environ.get("MESHTAP_REPLAY_IN_PROCESS", "1" if CELERY_BROKER_URL == "memory://" else "0")
+    == "1"
+)
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))

@@ -1,9 +1,9 @@
 """The replay console: a pre-filled spec form with its dry-run estimate, the job list, and the
 job page (live progress, pause/resume/cancel, summary, outcome diff).
 
-Starting a job enqueues ``meshadmin.tasks.run_replay_job`` (Celery); the job page polls
-``progress.json``. QA may replay into sandbox topics only; a spec that writes anything else
-(``to_prefix`` outside the sandbox prefixes, or ``allow_production``) needs
+Starting a job enqueues ``meshadmin.tasks.run_replay_job`` (Celery, see ``_jobs``); the job
+page polls ``progress.json``. QA may replay into sandbox topics only; a spec that writes
+anything else (``to_prefix`` outside the sandbox prefixes, or ``allow_production``) needs
 ``web.replay_production`` (the admin group).
 """
 
@@ -21,10 +21,10 @@ from django.views.decorators.http import require_POST
 
 from meshadmin.models import ReplayJob
 from meshadmin.replays import clickhouse_url, diff_job
-from meshadmin.tasks import run_replay_job
 from meshadmin.web import _store
 from meshadmin.web._access import requires
 from meshadmin.web._format import duration, when
+from meshadmin.web._jobs import enqueue
 from meshadmin.web._params import BadParameter, parse_instant
 from meshadmin.web._roles import BROWSE, REPLAY, REPLAY_PRODUCTION
 from replay import DiffRules, ReplayError, ReplaySpec, dry_run
@@ -148,7 +148,7 @@ def replay_new(request: HttpRequest) -> HttpResponse:
             dry_run=context["dry"].to_json(),
             total=context["dry"].events,
         )
-        run_replay_job.delay(job.pk)
+        enqueue(job.pk)
         return redirect("web:replay", pk=job.pk)
     return render(
         request, "web/replay_new.html", context, status=400 if "error" in context else 200
@@ -249,7 +249,7 @@ def replay_command(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             ReplayJob.objects.filter(pk=pk).update(command=ReplayJob.Command.CANCEL)
     elif action in ("resume", "retry") and job.status in ("paused", "failed"):
         ReplayJob.objects.filter(pk=pk).update(command=ReplayJob.Command.RUN)
-        run_replay_job.delay(job.pk)
+        enqueue(job.pk)
     elif action == "diff" and job.started_at is not None:
         try:
             diff_job(job.pk, DiffRules())
