@@ -33,7 +33,6 @@ class RetryableReplayFailure(Exception):
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.REPLAY.value,
     max_retries=5,
     retry_backoff=True,
 )
@@ -52,7 +51,6 @@ def run_replay_job(self: Any, job_id: int) -> dict[str, Any]:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.AUDIT.value,
     max_retries=3,
     soft_time_limit=1800,
     time_limit=1860,
@@ -74,7 +72,6 @@ def run_audit(self: Any, audit_id: int) -> dict[str, Any]:
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.HOUSEKEEPING.value,
     max_retries=3,
     soft_time_limit=600,
     time_limit=660,
@@ -94,7 +91,6 @@ def apply_retention(self: Any, days: int | None = None) -> dict[str, Any]:
 @shared_task(
     acks_late=True,
     reject_on_worker_lost=True,
-    queue=Queue.HOUSEKEEPING.value,
     soft_time_limit=120,
     time_limit=150,
 )

@@ -12,7 +12,8 @@ Depends on `runtime` (never the other way round); no Django here.
 * :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and
   extensions before anything is written.
 * the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
-  :func:`delivery_history`, :func:`topic_map`, and for replay :func:`events_by_id`,
+  :func:`delivery_history`, :func:`topic_map`, for the event browser :func:`search_events`,
+  :func:`event_histogram` and :func:`replays_of_trace`, and for replay :func:`events_by_id`,
   :func:`count_events_in_window`,
   :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
   their frozen inputs and results: what the web admin and replay read.
@@ -44,6 +45,7 @@ from tracing._audit_queries import (
     topics_in_window,
     trace_integrity,
 )
+from tracing._browse import EventHistogram, event_histogram, replays_of_trace, search_events
 from tracing._exporter import ClickHouseSpanExporter
 from tracing._queries import (
     count_events_in_window,
@@ -92,6 +94,7 @@ __all__ = [
     "CutDelivery",
     "DeadLetterGroup",
     "DeliveryAttempt",
+    "EventHistogram",
     "EventRow",
     "EventWindow",
     "GroupLatency",
@@ -118,6 +121,7 @@ __all__ = [
     "dead_letters_by_reason",
     "delivery_history",
     "delivery_outcomes",
+    "event_histogram",
     "events_by_id",
     "events_in_window",
     "events_of_replay",
@@ -126,6 +130,8 @@ __all__ = [
     "parse_attribute_filter",
     "published_events",
     "replayed_event_ids",
+    "replays_of_trace",
+    "search_events",
     "search_traces",
     "topic_groups",
     "topic_map",

@@ -22,6 +22,7 @@ INSTALLED_APPS = [
     "meshadmin",
     "django_celery_beat",
     "meshadmin.audits",
+    "meshadmin.web",
 ]
 
 MIDDLEWARE = [
@@ -72,6 +73,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "web:login"
+LOGIN_REDIRECT_URL = "web:traces"
+LOGOUT_REDIRECT_URL = "web:login"
 
 # Where the runtime this admin talks to lives (used by later features: subscriptions sync).
 MESHTAP_RUNTIME_URL = os.environ.get("MESHTAP_RUNTIME_URL", "http://127.0.0.1:10105")
@@ -116,6 +120,12 @@ EMAIL_BACKEND = os.environ.get(
 EMAIL_FILE_PATH = os.environ.get("MESHTAP_EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 EMAIL_HOST = os.environ.get("MESHTAP_EMAIL_HOST", "localhost")
 EMAIL_PORT = int(os.environ.get("MESHTAP_EMAIL_PORT", "25"))
+# Replays started from the web console run in a thread of the web process when no worker can
+# reach the broker (the in-process memory:// default); with Redis, a worker runs them.
+MESHTAP_REPLAY_IN_PROCESS = (
+    os.environ.get("MESHTAP_REPLAY_IN_PROCESS", "1" if CELERY_BROKER_URL == "memory://" else "0")
+    == "1"
+)
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))
