@@ -17,12 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from runtime._capture import CaptureSink
 from runtime._config import RuntimeConfig
 from runtime._server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+STORE_KINDS = ("memory", "redis", "nats")
+
+
+def store_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """The URL of a store of `kind` for this test: memory, or the session's Redis/NATS server
+    (emptied first). Parametrise with `store_params()` so each param carries its marker."""
+    if kind == "memory":
+        return "memory://"
+    server = request.getfixturevalue(f"{kind}_server")
+    return str(server.url)
+
+
+def store_params(*kinds: str) -> list[Any]:
+    """pytest params for `kinds` (default: every store), each with its service marker."""
+    return [
+        kind if kind == "memory" else pytest.param(kind, marks=getattr(pytest.mark, kind))
+        for kind in kinds or STORE_KINDS
+    ]
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:
