@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 STORE_KINDS = ("memory", "redis", "nats")
+SERVER_STORE_KINDS = ("redis", "nats")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or 'condition'}")
+        await asyncio.sleep(0.02)
 
 
 def store_url(request: pytest.FixtureRequest, kind: str) -> str:

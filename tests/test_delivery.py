@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -420,3 +421,50 @@ async def test_retention_trims_only_settled_events(sink: RecordingSink) -> None:
         await runtime.dispatcher.trim_now()
         await runtime.store.join("late", "orders.created", 0)
         assert await runtime.store.read("late", "c", ["orders.created"], 100, 0) == []
+
+
+def _gauge(text: str, name: str, topic: str, group: str) -> float:
+    match = re.search(
+        rf'^{name}{{group="{group}",topic="{re.escape(topic)}"}} (\S+)$', text, re.MULTILINE
+    )
+    assert match, f"{name} for {topic}/{group} missing from /metrics"
+    return float(match.group(1))
+
+
+async def test_backlog_and_oldest_unacked_age_per_topic_and_group(store_url: str) -> None:
+    release = asyncio.Event()
+
+    async def held(push: Push) -> web.Response:
+        await release.wait()
+        return web.Response(status=204)
+
+    sink = await RecordingSink(respond=held).start()
+    try:
+        async with running(store_url) as (runtime, client):
+            await client.subscribe(topic="orders.#", group="billing", sink=sink.url)
+            await client.publish("orders.created", *(event(f"e-{i}") for i in range(5)))
+            await sink.wait_for(5)
+            await asyncio.sleep(0.5)
+            await runtime.dispatcher.measure_backlog()
+            _, text = await client.request("GET", "/metrics")
+            backlog = _gauge(text, "meshtap_consumer_backlog", "orders.created", "billing")
+            age = _gauge(
+                text, "meshtap_consumer_oldest_unacked_age_seconds", "orders.created", "billing"
+            )
+            assert backlog == 5
+            assert 0.4 <= age < 30
+
+            release.set()
+            deadline = time.monotonic() + 10
+            while backlog and time.monotonic() < deadline:  # acks go out in batches
+                await asyncio.sleep(0.1)
+                await runtime.dispatcher.measure_backlog()
+                _, text = await client.request("GET", "/metrics")
+                backlog = _gauge(text, "meshtap_consumer_backlog", "orders.created", "billing")
+            age = _gauge(
+                text, "meshtap_consumer_oldest_unacked_age_seconds", "orders.created", "billing"
+            )
+            assert (backlog, age) == (0, 0)
+    finally:
+        release.set()
+        await sink.stop()
