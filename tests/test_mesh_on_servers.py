@@ -8,6 +8,7 @@ at-least-once delivery allows them (after a crash).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
@@ -121,11 +122,14 @@ async def test_instances_on_one_store_form_one_mesh(server: Server) -> None:
 
 async def test_crashed_instance_events_are_reclaimed_by_another(server: Server) -> None:
     first_push = asyncio.Event()
+    finished = asyncio.Event()
 
     async def hang_first_then_ack(push: Push) -> web.Response:
         if not first_push.is_set():
             first_push.set()
-            await asyncio.sleep(30)  # the instance holding this will be SIGKILLed meanwhile
+            # The instance holding this is SIGKILLed meanwhile; hang until the test is done.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), 30)
         return web.Response(status=204)
 
     sink = await RecordingSink(respond=hang_first_then_ack).start()
@@ -149,6 +153,7 @@ async def test_crashed_instance_events_are_reclaimed_by_another(server: Server) 
         assert backlog.total == 0
     finally:
         doomed.kill()
+        finished.set()
         await sink.stop()
 
 

@@ -118,6 +118,19 @@ def escape(text: str) -> str:
     )
 
 
+def _short(name: str) -> str:
+    """`name`, or a digest of it when it is too long for a file name on the server (streams and
+    consumers are directories there). Only KV keys need to decode back, and those are never
+    shortened."""
+    if len(name) <= 160:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def _durable(group_key: str) -> str:
+    return _short(escape(group_key))
+
+
 def unescape(name: str) -> str:
     out = bytearray()
     i = 0
@@ -234,6 +247,11 @@ class NatsStore:
         async def reconnected() -> None:
             for consumer in self._consumers.values():  # pull requests died with the connection
                 consumer.waiting_until, consumer.expected = 0.0, 0
+            # A server that lost its data (or a new one behind the same address) has none of
+            # the streams and buckets made before: make them again when next needed.
+            self._kv.clear()
+            self._streams.clear()
+            self._known_topics.clear()
 
         async def quiet(e: Exception) -> None:  # reconnects are reported through readiness
             return None
@@ -243,7 +261,10 @@ class NatsStore:
                 self.url,
                 connect_timeout=self._connect_timeout_s,
                 reconnect_time_wait=0.5,
-                max_reconnect_attempts=-1,
+                # nats-py retries a failed *first* connect as often as later reconnects: keep
+                # that short, so a start without the server fails fast (and is retried by the
+                # next call), then reconnect forever once connected.
+                max_reconnect_attempts=1,
                 allow_reconnect=True,
                 reconnected_cb=reconnected,
                 error_cb=quiet,
@@ -251,17 +272,19 @@ class NatsStore:
             )
         except (TimeoutError, nats_errors.Error, OSError) as e:
             raise self._unavailable(e) from e
+        nc.options["max_reconnect_attempts"] = -1
         js = nc.jetstream(timeout=self._timeout_s)
         try:
-            await self._call(js.account_info())
-        except js_errors.APIError as e:
+            await asyncio.wait_for(js.account_info(), self._timeout_s)
+        except (js_errors.APIError, nats_errors.NoRespondersError) as e:
             await nc.close()
             raise StoreUnavailable(
-                f"NATS at {self._where()} has no JetStream ({e}); start nats-server with -js"
+                f"NATS at {self._where()} answers but has no JetStream ({type(e).__name__}); "
+                "start nats-server with -js (or enable jetstream in its config)"
             ) from e
-        except StoreUnavailable:
+        except _UNREACHABLE as e:
             await nc.close()
-            raise
+            raise self._unavailable(e) from e
         self._nc, self._js = nc, js
 
     async def _bucket(self, name: str, ttl_s: float | None = None) -> KeyValue:
@@ -282,7 +305,7 @@ class NatsStore:
         return kv
 
     def _stream(self, topic: str) -> str:
-        return f"{self._prefix}_t_{escape(topic)}"
+        return f"{self._prefix}_t_{_short(escape(topic))}"
 
     def _subject(self, topic: str) -> str:
         return f"{self._prefix}.t.{escape(topic)}"
@@ -362,15 +385,13 @@ class NatsStore:
         self, js: JetStreamContext, topic: str, event: CloudEvent, key: str
     ) -> EventRef:
         kv = await self._bucket("pk", ttl_s=_PARTITION_LINK_TTL_S)
-        name = escape(key)
-        if len(name) > 200:
-            name = "h" + hashlib.sha256(key.encode()).hexdigest()
+        name = _short(escape(key))
         async with self._key_lock(name):
             while True:
                 try:
                     entry = await self._call(kv.get(name))
                     previous, revision = (entry.value or b"").decode() or None, entry.revision
-                except js_errors.KeyNotFoundError:
+                except js_errors.NotFoundError:
                     previous, revision = None, None
                 ms = self._now_ms()
                 headers = {_HEADER_MS: str(ms)}
@@ -424,29 +445,60 @@ class NatsStore:
         try:
             await self._call(kv.get(escape(topic)))
             existed = True
-        except js_errors.KeyNotFoundError:
+        except js_errors.NotFoundError:
             existed = False
         if existed:
-            await self._call(kv.purge(escape(topic)))
+            await self._remove("topics", escape(topic))
         with contextlib.suppress(js_errors.NotFoundError):
             await self._call(js.delete_stream(self._stream(topic)))
         return existed
 
     async def topics(self) -> list[str]:
-        kv = await self._bucket("topics")
-        version = await self._bucket_version(kv, "topics")
+        version = await self._bucket_version("topics")
         if version != self._topics_cache[0]:
-            try:
-                keys = await self._call(kv.keys())
-            except js_errors.NoKeysError:
-                keys = []
-            self._topics_cache = (version, sorted(unescape(k) for k in keys))
+            entries = await self._entries("topics")
+            self._topics_cache = (version, sorted(entries))
         return list(self._topics_cache[1])
 
-    async def _bucket_version(self, kv: KeyValue, name: str) -> int:
+    def _bucket_stream(self, name: str) -> str:
+        return f"KV_{self._prefix}_{name}"
+
+    async def _bucket_version(self, name: str) -> int:
+        """The bucket's last sequence: it grows with every put and every removal."""
+        await self._bucket(name)
         _, js = await self._client()
-        info = await self._call(js.stream_info(f"KV_{self._prefix}_{name}"))
+        info = await self._call(js.stream_info(self._bucket_stream(name)))
         return int(info.state.last_seq)
+
+    async def _entries(self, name: str) -> dict[str, str]:
+        """Every live key of a bucket (decoded) with its value.
+
+        Listed from the bucket stream's subjects rather than with nats-py's `keys()`, whose
+        watcher can wait forever for its end-of-data marker.
+        """
+        kv = await self._bucket(name)
+        _, js = await self._client()
+        prefix = f"$KV.{self._prefix}_{name}."
+        info = await self._call(js.stream_info(self._bucket_stream(name), prefix + ">"))
+        keys = [subject[len(prefix) :] for subject in info.state.subjects or {}]
+        values = await asyncio.gather(*(self._get_or_none(kv, key) for key in keys))
+        return {unescape(k): v for k, v in zip(keys, values, strict=True) if v is not None}
+
+    async def _get_or_none(self, kv: KeyValue, key: str) -> str | None:
+        try:
+            entry = await self._call(kv.get(key))
+        except js_errors.NotFoundError:  # removed meanwhile
+            return None
+        return (entry.value or b"").decode()
+
+    async def _remove(self, name: str, key: str) -> None:
+        """Remove a key leaving no marker behind (the version still moves on: the purge
+        marker takes a sequence before it is purged itself)."""
+        kv = await self._bucket(name)
+        _, js = await self._client()
+        await self._call(kv.purge(key))
+        subject = f"$KV.{self._prefix}_{name}.{key}"
+        await self._call(js.purge_stream(self._bucket_stream(name), subject=subject))
 
     # -- subscriptions --------------------------------------------------------------------
     async def put_subscription(self, subscription_id: str, document: str) -> None:
@@ -457,38 +509,22 @@ class NatsStore:
         kv = await self._bucket("subs")
         try:
             entry = await self._call(kv.get(escape(subscription_id)))
-        except js_errors.KeyNotFoundError:
+        except js_errors.NotFoundError:
             return None
-        await self._call(kv.purge(escape(subscription_id)))
+        await self._remove("subs", escape(subscription_id))
         return (entry.value or b"").decode()
 
     async def subscriptions(self) -> dict[str, str]:
-        kv = await self._bucket("subs")
-        try:
-            keys = await self._call(kv.keys())
-        except js_errors.NoKeysError:
-            return {}
-        entries = await asyncio.gather(
-            *(self._get_or_none(kv, key) for key in keys), return_exceptions=False
-        )
-        return {unescape(k): v for k, v in zip(keys, entries, strict=True) if v is not None}
-
-    async def _get_or_none(self, kv: KeyValue, key: str) -> str | None:
-        try:
-            entry = await self._call(kv.get(key))
-        except js_errors.KeyNotFoundError:  # deleted between listing and reading
-            return None
-        return (entry.value or b"").decode()
+        return await self._entries("subs")
 
     async def subscriptions_version(self) -> int:
-        kv = await self._bucket("subs")
-        return await self._bucket_version(kv, "subs")
+        return await self._bucket_version("subs")
 
     # -- consumption ----------------------------------------------------------------------
     async def join(self, group_key: str, topic: str, start_ms: int) -> None:
         stream = await self._ensure_stream(topic)
         _, js = await self._client()
-        durable = escape(group_key)
+        durable = _durable(group_key)
         try:
             await self._call(js.consumer_info(stream, durable))
             return
@@ -515,7 +551,7 @@ class NatsStore:
         await self._drop_consumer((group_key, topic))
         _, js = await self._client()
         with contextlib.suppress(js_errors.NotFoundError):
-            await self._call(js.delete_consumer(self._stream(topic), escape(group_key)))
+            await self._call(js.delete_consumer(self._stream(topic), _durable(group_key)))
 
     async def _drop_consumer(self, key: tuple[str, str]) -> None:
         consumer = self._consumers.pop(key, None)
@@ -532,7 +568,7 @@ class NatsStore:
             group_key=group_key,
             topic=topic,
             stream=self._stream(topic),
-            durable=escape(group_key),
+            durable=_durable(group_key),
             inbox=nc.new_inbox(),
         )
         arrived = self._arrived.setdefault(group_key, asyncio.Event())
@@ -544,7 +580,7 @@ class NatsStore:
                 consumer.expected -= 1
                 if consumer.expected <= 0:
                     consumer.waiting_until = 0.0
-            elif status in ("404", "408", "409"):  # request answered or expired
+            elif status in ("404", "408", "409", "503"):  # answered, expired or no consumer
                 consumer.waiting_until, consumer.expected = 0.0, 0
             arrived.set()
 
@@ -643,7 +679,7 @@ class NatsStore:
         for topic in topics:
             if (group_key, topic) not in self._consumers:
                 try:
-                    await self._call(js.consumer_info(self._stream(topic), escape(group_key)))
+                    await self._call(js.consumer_info(self._stream(topic), _durable(group_key)))
                 except js_errors.NotFoundError:  # not joined, or the topic was deleted
                     continue
             out.append(await self._consumer(group_key, topic))
@@ -651,7 +687,7 @@ class NatsStore:
 
     def _ack_subject(self, group_key: str, ref: EventRef) -> str:
         seq = offset_key(ref.offset)[1]
-        return f"$JS.ACK.{self._stream(ref.topic)}.{escape(group_key)}.1.{seq}.0.0.0"
+        return f"$JS.ACK.{self._stream(ref.topic)}.{_durable(group_key)}.1.{seq}.0.0.0"
 
     async def _send_acks(self, group_key: str, refs: Sequence[EventRef], body: bytes) -> None:
         """Send one ack kind per event; the last per topic is a request, so when this returns
@@ -666,8 +702,7 @@ class NatsStore:
                 await self._call(nc.publish(self._ack_subject(group_key, ref), body))
             confirmations.append(nc.request(self._ack_subject(group_key, topic_refs[-1]), body))
         for confirmation in confirmations:
-            with contextlib.suppress(nats_errors.NoRespondersError):  # consumer gone: nothing to do
-                await self._call(confirmation)
+            await self._call(_unless_gone(confirmation))
 
     async def ack(self, group_key: str, refs: Sequence[EventRef]) -> None:
         await self._send_acks(group_key, refs, b"+ACK")
@@ -719,7 +754,7 @@ class NatsStore:
     async def is_settled(self, group_key: str, ref: EventRef) -> bool:
         _, js = await self._client()
         try:
-            info = await self._call(js.consumer_info(self._stream(ref.topic), escape(group_key)))
+            info = await self._call(js.consumer_info(self._stream(ref.topic), _durable(group_key)))
         except js_errors.NotFoundError:  # no such topic or group
             return True
         seq = offset_key(ref.offset)[1]
@@ -774,7 +809,7 @@ class NatsStore:
         for topic in topics:
             stream = self._stream(topic)
             try:
-                info = await self._call(js.consumer_info(stream, escape(group_key)))
+                info = await self._call(js.consumer_info(stream, _durable(group_key)))
             except js_errors.NotFoundError:
                 continue
             pending += int(info.num_ack_pending or 0)
@@ -787,6 +822,12 @@ class NatsStore:
 
     async def _oldest_ms(self, js: JetStreamContext, stream: str, seq: int) -> int | None:
         return await self._message_ms(js, stream, seq)
+
+
+async def _unless_gone(confirmation: Awaitable[Msg]) -> None:
+    """Await an ack confirmation; no responder means the consumer is gone: nothing to ack."""
+    with contextlib.suppress(nats_errors.NoRespondersError):
+        await confirmation
 
 
 def _ref_of(ack_future: asyncio.Future[Any], topic: str, ms: int) -> asyncio.Future[EventRef]:
