@@ -275,6 +275,11 @@ class GroupWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            except Exception:  # a store bug must not end delivery for the group for good
+                log.exception("reading for %s failed; trying again", self.group_key)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             if self.stopping():
                 break  # read but not handled: stays pending, reclaimed later
             # Register the whole batch first, so an event whose predecessor is later in the
@@ -657,6 +662,8 @@ class Dispatcher:
             worker.stop_reading()
             asyncio.create_task(worker.finish(timeout_s=30.0))  # noqa: RUF006
             self._joined = {j for j in self._joined if j[0] != group_key}
+        # A deleted topic's consumer groups went with it: join again if it comes back.
+        self._joined = {j for j in self._joined if j[1] in topics}
         self._version, self._topics = version, topics
         self._known_topics = frozenset(topics)
 

@@ -468,3 +468,17 @@ async def test_backlog_and_oldest_unacked_age_per_topic_and_group(store_url: str
     finally:
         release.set()
         await sink.stop()
+
+
+async def test_a_deleted_topic_that_comes_back_is_delivered_again(
+    mesh: Client, sink: RecordingSink
+) -> None:
+    await mesh.subscribe(topic="orders.#", group="billing", sink=sink.url)
+    await mesh.publish("orders.created", event("before"))
+    await sink.wait_for(1)
+    status, _ = await mesh.request("DELETE", "/v1/topics/orders.created")
+    assert status in (200, 204)
+    await asyncio.sleep(1.5)  # every instance notices the topic is gone
+    await mesh.publish("orders.created", event("after"))
+    await sink.wait_for(2)
+    assert sink.ids() == ["before", "after"]

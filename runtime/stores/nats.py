@@ -76,6 +76,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
+    PubAck,
     StorageType,
     StreamConfig,
 )
@@ -167,7 +168,8 @@ class _Consumer:
     durable: str
     inbox: str
     subscription: NatsSubscription | None = None
-    queue: list[Msg] = field(default_factory=list)
+    queue: list[tuple[float, Msg]] = field(default_factory=list)
+    """Pulled but not yet handed out, with the monotonic time each arrived."""
     waiting_until: float = 0.0
     """A pull request is outstanding on the server until then (or until it is answered)."""
     expected: int = 0
@@ -204,6 +206,7 @@ class NatsStore:
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._last_ms = 0
         self._topics_cache: tuple[int, list[str]] = (-1, [])
+        self._publishing: set[asyncio.Future[PubAck]] = set()
 
     # -- plumbing -------------------------------------------------------------------------
     def _where(self) -> str:
@@ -253,6 +256,12 @@ class NatsStore:
             self._streams.clear()
             self._known_topics.clear()
 
+        async def disconnected() -> None:
+            # Unconfirmed publishes will never be confirmed: fail them now, not after a timeout.
+            for future in list(self._publishing):
+                if not future.done():
+                    future.set_exception(self._unavailable(None))
+
         async def quiet(e: Exception) -> None:  # reconnects are reported through readiness
             return None
 
@@ -267,6 +276,7 @@ class NatsStore:
                 max_reconnect_attempts=1,
                 allow_reconnect=True,
                 reconnected_cb=reconnected,
+                disconnected_cb=disconnected,
                 error_cb=quiet,
                 name="meshtap",
             )
@@ -366,20 +376,35 @@ class NatsStore:
     async def _publish_all(self, topic: str, events: Sequence[CloudEvent]) -> list[EventRef]:
         _, js = await self._client()
         subject = self._subject(topic)
-        futures: list[asyncio.Future[EventRef]] = []
-        for event in events:
-            key = event.partition_key
-            if key is None:
-                ms = self._now_ms()
-                ack = await self._call(
-                    js.publish_async(subject, _encode_payload(event), headers={_HEADER_MS: str(ms)})
-                )
-                futures.append(_ref_of(ack, topic, ms))
-            else:
-                done: asyncio.Future[EventRef] = asyncio.get_running_loop().create_future()
-                done.set_result(await self._append_keyed(js, topic, event, key))
-                futures.append(done)
-        return [await self._call(f) for f in futures]
+        pending: list[tuple[asyncio.Future[PubAck] | EventRef, int]] = []
+        try:
+            for event in events:
+                key = event.partition_key
+                if key is None:
+                    ms = self._now_ms()
+                    ack = await self._call(
+                        js.publish_async(
+                            subject, _encode_payload(event), headers={_HEADER_MS: str(ms)}
+                        )
+                    )
+                    self._publishing.add(ack)
+                    ack.add_done_callback(self._publishing.discard)
+                    pending.append((ack, ms))
+                else:
+                    pending.append((await self._append_keyed(js, topic, event, key), 0))
+            refs = []
+            for item, ms in pending:
+                if isinstance(item, EventRef):
+                    refs.append(item)
+                else:
+                    refs.append(EventRef(topic, f"{ms}-{(await self._call(item)).seq}"))
+            return refs
+        finally:
+            # Whatever was not confirmed is given up on (and its slot in nats-py's window of
+            # outstanding publishes freed): the caller reports the append as failed.
+            for item, _ in pending:
+                if isinstance(item, asyncio.Future) and not item.done():
+                    item.cancel()
 
     async def _append_keyed(
         self, js: JetStreamContext, topic: str, event: CloudEvent, key: str
@@ -576,7 +601,7 @@ class NatsStore:
         async def on_message(msg: Msg) -> None:
             status = (msg.headers or {}).get("Status")
             if status is None:
-                consumer.queue.append(msg)
+                consumer.queue.append((time.monotonic(), msg))
                 consumer.expected -= 1
                 if consumer.expected <= 0:
                     consumer.waiting_until = 0.0
@@ -610,9 +635,15 @@ class NatsStore:
 
     def _take(self, consumers: list[_Consumer], count: int) -> list[StoredEvent]:
         out: list[StoredEvent] = []
+        now = time.monotonic()
         for consumer in consumers:
+            # Left here for most of AckWait: the server hands it to someone else about now
+            # (and to us again later if nobody takes it); handing it out too would duplicate.
+            stale_s = 0.8 * (consumer.ack_wait_ms or self._default_ack_wait_ms) / 1000
             while consumer.queue and len(out) < count:
-                out.append(self._stored(consumer.topic, consumer.queue.pop(0)))
+                arrived, msg = consumer.queue.pop(0)
+                if now - arrived < stale_s:
+                    out.append(self._stored(consumer.topic, msg))
         return out
 
     @staticmethod
@@ -634,7 +665,8 @@ class NatsStore:
         if not topics:
             return []
         consumers = await self._consumers_for(group_key, topics)
-        if not consumers:
+        if not consumers:  # not joined (yet), or the topics were deleted: nothing can arrive
+            await asyncio.sleep(block_ms / 1000)
             return []
         arrived = self._arrived.setdefault(group_key, asyncio.Event())
         out = self._take(consumers, count)
@@ -788,19 +820,22 @@ class NatsStore:
         while lo < hi:
             mid = (lo + hi) // 2
             ms = await self._message_ms(js, stream, mid)
-            if ms is None or ms < at_ms:
+            if ms is not None and ms < at_ms:
                 lo = mid + 1
-            else:
+            else:  # at or after `at_ms`, or nothing from `mid` on
                 hi = mid
         return lo
 
     async def _message_ms(self, js: JetStreamContext, stream: str, seq: int) -> int | None:
+        """Append time of the first message at or after `seq` (a deleted one is skipped, so
+        the answer never goes back as `seq` grows), None past the end."""
+        subject = f"{self._prefix}.t.>"
         try:
-            msg = await self._call(js.get_msg(stream, seq))
+            msg = await self._call(js.get_msg(stream, seq, subject=subject, next=True))
         except js_errors.NotFoundError:
             return None
         stamp = (msg.headers or {}).get(_HEADER_MS)
-        return int(stamp) if stamp else None
+        return int(stamp) if stamp else 0  # not appended by Meshtap: count it as old
 
     async def backlog(self, group_key: str, topics: Sequence[str]) -> GroupBacklog:
         _, js = await self._client()
@@ -828,22 +863,3 @@ async def _unless_gone(confirmation: Awaitable[Msg]) -> None:
     """Await an ack confirmation; no responder means the consumer is gone: nothing to ack."""
     with contextlib.suppress(nats_errors.NoRespondersError):
         await confirmation
-
-
-def _ref_of(ack_future: asyncio.Future[Any], topic: str, ms: int) -> asyncio.Future[EventRef]:
-    """A future of the ref for a pending publish acknowledgement."""
-    loop = asyncio.get_running_loop()
-    out: asyncio.Future[EventRef] = loop.create_future()
-
-    def done(f: asyncio.Future[Any]) -> None:
-        if out.done():
-            return
-        if f.cancelled():
-            out.cancel()
-        elif f.exception() is not None:
-            out.set_exception(f.exception())  # type: ignore[arg-type]
-        else:
-            out.set_result(EventRef(topic, f"{ms}-{f.result().seq}"))
-
-    ack_future.add_done_callback(done)
-    return out

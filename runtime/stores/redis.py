@@ -318,7 +318,9 @@ class RedisStore:
                 )
             )
         except redis_errors.ResponseError as e:
-            if "NOGROUP" in str(e):  # a topic was deleted under us; the dispatcher re-joins
+            # A topic deleted under us (before or during a blocked read): the dispatcher joins
+            # again if it comes back.
+            if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
                 return []
             raise
         out: list[StoredEvent] = []
