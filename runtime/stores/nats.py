@@ -613,10 +613,11 @@ class NatsStore:
         self._consumers[(group_key, topic)] = consumer
         return consumer
 
-    async def _pull(self, consumer: _Consumer, count: int, wait_ms: int) -> None:
-        """Ask the server for up to `count` events (delivered to the consumer's queue)."""
+    async def _pull(self, consumer: _Consumer, count: int, wait_ms: int) -> bool:
+        """Ask the server for up to `count` events (delivered to the consumer's queue); False
+        when a request of ours is still open there (its events arrive by themselves)."""
         if consumer.waiting_until > time.monotonic():
-            return  # one outstanding request per consumer is enough
+            return False
         nc, _ = await self._client()
         request: dict[str, Any] = {"batch": count}
         if wait_ms > 0:
@@ -624,7 +625,9 @@ class NatsStore:
         else:
             request["no_wait"] = True
         consumer.expected = count
-        consumer.waiting_until = time.monotonic() + max(wait_ms, 1000) / 1000
+        # A lingering request is dead on the server once it expires (it may say so with a 408,
+        # or not when it was partly served); a no-wait one is answered at once.
+        consumer.waiting_until = time.monotonic() + (wait_ms + 20 if wait_ms else 1000) / 1000
         await self._call(
             nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{consumer.stream}.{consumer.durable}",
@@ -632,6 +635,7 @@ class NatsStore:
                 reply=consumer.inbox,
             )
         )
+        return True
 
     def _take(self, consumers: list[_Consumer], count: int) -> list[StoredEvent]:
         out: list[StoredEvent] = []
@@ -668,35 +672,44 @@ class NatsStore:
         if not consumers:  # not joined (yet), or the topics were deleted: nothing can arrive
             await asyncio.sleep(block_ms / 1000)
             return []
-        arrived = self._arrived.setdefault(group_key, asyncio.Event())
-        out = self._take(consumers, count)
-        if len(out) < count:
-            arrived.clear()
-            for c in consumers:
-                await self._pull(c, count - len(out), 0)
-            out += await self._collect(consumers, count - len(out), arrived, 1000)
+        out = await self._available(group_key, consumers, count)
         if out or block_ms <= 0:
             return out
+        arrived = self._arrived.setdefault(group_key, asyncio.Event())
         arrived.clear()
         for c in consumers:
             await self._pull(c, count, block_ms)
-        return await self._collect(consumers, count, arrived, block_ms, first=True)
+        return await self._collect(consumers, [], count, arrived, block_ms, first=True)
+
+    async def _available(
+        self, group_key: str, consumers: list[_Consumer], count: int
+    ) -> list[StoredEvent]:
+        """What the server can hand out right now (no waiting for new events)."""
+        out = self._take(consumers, count)
+        if len(out) < count:
+            arrived = self._arrived.setdefault(group_key, asyncio.Event())
+            arrived.clear()
+            asked = [c for c in consumers if await self._pull(c, count - len(out), 0)]
+            out += await self._collect(consumers, asked, count - len(out), arrived, 1000)
+        return out
 
     async def _collect(
         self,
         consumers: list[_Consumer],
+        asked: list[_Consumer],
         count: int,
         arrived: asyncio.Event,
         wait_ms: int,
         *,
         first: bool = False,
     ) -> list[StoredEvent]:
-        """Wait until every outstanding request is answered (or, with `first`, until anything
-        arrived), then take what came."""
+        """Wait until the requests just sent to `asked` are answered (with `first`: until
+        anything arrived, or every open request expired), then take what came."""
         deadline = time.monotonic() + wait_ms / 1000
+        waiting_on = consumers if first else asked
         while True:
             now = time.monotonic()
-            answered = all(c.waiting_until <= now for c in consumers)
+            answered = all(c.waiting_until <= now for c in waiting_on)
             if answered or now >= deadline or (first and any(c.queue for c in consumers)):
                 return self._take(consumers, count)
             arrived.clear()
@@ -751,14 +764,7 @@ class NatsStore:
             if c.ack_wait_ms != min_idle_ms:
                 await self._set_ack_wait(c, min_idle_ms * 1_000_000)
                 c.ack_wait_ms = min_idle_ms
-        out = self._take(consumers, count)
-        if len(out) < count:
-            arrived = self._arrived.setdefault(group_key, asyncio.Event())
-            arrived.clear()
-            for c in consumers:
-                await self._pull(c, count - len(out), 0)
-            out += await self._collect(consumers, count - len(out), arrived, 1000)
-        return out
+        return await self._available(group_key, consumers, count)
 
     async def _set_ack_wait(self, consumer: _Consumer, ack_wait_ns: int) -> None:
         """Change the consumer's AckWait, keeping the rest of its configuration as the server
