@@ -12,20 +12,28 @@ Layout (names under one prefix, default `meshtap`)::
     KV {p}_pk                  last ref per partition key, expiring after a day
 
 Names and keys are escaped (`_XX` per byte outside `[A-Za-z0-9-]`), so any topic or group key fits
-NATS's naming rules and decodes back.
+NATS's naming rules and decodes back; stream and consumer names too long for a file name become a
+digest. KV keys are listed from the bucket stream's subjects (nats-py's `keys()` watcher can wait
+forever for its end marker), and a removed key leaves no marker behind.
 
 How the Redis guarantees map, and where they differ (and why):
 
 * **Groups, acks, one consumer per event.** A group key is a durable pull consumer with explicit
-  acks, starting at `start_ms` (deliver-by-start-time). An ack is confirmed by the server before
-  `ack` returns (the last ack per consumer is a request; the server handles a consumer's acks in
-  order), so `is_settled` right after sees it.
+  acks, starting at the first event appended at or after `start_ms` (a start *sequence* found by
+  binary search over Mt-Ms: nats-server 2.9 refuses to update a consumer that has a start time,
+  and reclaim updates AckWait). An ack is confirmed by the server before `ack` returns (the last
+  ack per consumer is a request; the server handles a consumer's acks in order), so
+  `is_settled` right after sees it. Each instance keeps at most one pull request open per
+  consumer; an open request serves events as they are appended.
 * **Reclaim of a crashed instance's events.** Redis leaves redelivery to the caller (XCLAIM);
   JetStream redelivers by itself once an event has been pending for the consumer's AckWait.
   `reclaim(min_idle_ms)` therefore sets AckWait to `min_idle_ms` (the dispatcher always passes
   `--claim-idle-ms`) and returns what the server hands out again; `touch` is an in-progress ack
   that restarts the clock, like Redis's XCLAIM-to-self. A redelivery may also come out of `read`
-  (with `deliveries` > 1): JetStream does not keep new and redelivered events apart.
+  (with `deliveries` > 1): JetStream does not keep new and redelivered events apart. AckWait is
+  per consumer, so every instance must run with the same `--claim-idle-ms` (the last one to
+  reclaim sets it). Pulled events not handed out within most of AckWait are dropped locally:
+  the server is about to give them to another consumer.
 * **Partition-key links.** JetStream has no server-side scripts, so the link is kept with a
   compare-and-set on the `{p}_pk` KV entry of the key: read the tail, publish with it as
   `Mt-Prev`, then move the tail to the new event only if nobody moved it meanwhile. One instance
@@ -121,8 +129,8 @@ def escape(text: str) -> str:
 
 def _short(name: str) -> str:
     """`name`, or a digest of it when it is too long for a file name on the server (streams and
-    consumers are directories there). Only KV keys need to decode back, and those are never
-    shortened."""
+    consumers are directories there). Topic and subscription keys, which must decode back, are
+    never shortened."""
     if len(name) <= 160:
         return name
     return "h" + hashlib.sha256(name.encode()).hexdigest()
