@@ -215,6 +215,7 @@ class NatsStore:
         self._last_ms = 0
         self._topics_cache: tuple[int, list[str]] = (-1, [])
         self._publishing: set[asyncio.Future[PubAck]] = set()
+        self._closed = False
 
     # -- plumbing -------------------------------------------------------------------------
     def _where(self) -> str:
@@ -237,6 +238,8 @@ class NatsStore:
     async def _client(self) -> tuple[NatsClient, JetStreamContext]:
         """The connected client; connects (again) when the first connect failed."""
         nc, js = self._nc, self._js
+        if self._closed:
+            raise StoreUnavailable(f"the store for NATS at {self._where()} is closed")
         if nc is not None and js is not None:
             if not nc.is_connected:
                 raise self._unavailable(None)
@@ -345,9 +348,11 @@ class NatsStore:
         return stream
 
     async def connect(self) -> None:
+        self._closed = False
         await self.ping()
 
     async def close(self) -> None:
+        self._closed = True
         nc, self._nc, self._js = self._nc, None, None
         self._kv.clear()
         self._consumers.clear()
