@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import signal
 import time
@@ -116,6 +117,52 @@ async def test_instances_on_one_store_form_one_mesh(server: Server) -> None:
         assert delivered["a"] + delivered["b"] == len(ids)
         assert delivered["a"] > 0, delivered  # the work was shared
         assert delivered["b"] > 0, delivered
+    finally:
+        await sink.stop()
+
+
+async def test_partition_key_order_holds_across_instances(server: Server) -> None:
+    """Keyed events published through two instances, delivered by both: per key in publish
+    order and never concurrently, across two topics."""
+    in_flight: dict[str, int] = {}
+    overlaps: list[str] = []
+
+    async def slow_random(push: Push) -> web.Response:
+        key = push.attributes["partitionkey"]
+        in_flight[key] = in_flight.get(key, 0) + 1
+        if in_flight[key] > 1:
+            overlaps.append(key)
+        await asyncio.sleep(random.uniform(0, 0.01))
+        in_flight[key] -= 1
+        return web.Response(status=204)
+
+    sink = await RecordingSink(respond=slow_random).start()
+    try:
+        async with (
+            running(server.url) as (a, client_a),
+            running(server.url) as (b, client_b),
+        ):
+            await client_a.subscribe(topic="orders.#", group="billing", sink=sink.url)
+            await wait_until(
+                lambda: len(a.dispatcher.workers) == 1 and len(b.dispatcher.workers) == 1,
+                what="both instances to pick up the subscription",
+            )
+            sent: dict[str, list[str]] = {f"k{k}": [] for k in range(4)}
+            for r in range(20):  # each round: one event per key at once, through either instance
+                publishes = []
+                for k, key in enumerate(sent):
+                    sent[key].append(f"e-{r}-{k}")
+                    client = client_b if (r + k) % 2 else client_a
+                    topic = "orders.updated" if (r + k) % 3 else "orders.created"
+                    publishes.append(client.publish(topic, event(f"e-{r}-{k}", partitionkey=key)))
+                await asyncio.gather(*publishes)
+            await sink.wait_for(80, timeout=60)
+            await asyncio.sleep(0.3)
+        received: dict[str, list[str]] = {k: [] for k in sent}
+        for push in sink.pushes:
+            received[push.attributes["partitionkey"]].append(push.id)
+        assert received == sent
+        assert overlaps == []
     finally:
         await sink.stop()
 
