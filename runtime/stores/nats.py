@@ -99,6 +99,7 @@ T = TypeVar("T")
 
 _PARTITION_LINK_TTL_S = 86_400
 _MAX_ACK_PENDING = 100_000
+_VERSION_KEY = "_version"
 _HEADER_MS = "Mt-Ms"
 _HEADER_PREV = "Mt-Prev"
 _NO_DATA = b"\x00"
@@ -518,7 +519,11 @@ class NatsStore:
         _, js = await self._client()
         prefix = f"$KV.{self._prefix}_{name}."
         info = await self._call(js.stream_info(self._bucket_stream(name), prefix + ">"))
-        keys = [subject[len(prefix) :] for subject in info.state.subjects or {}]
+        keys = [
+            subject[len(prefix) :]
+            for subject in info.state.subjects or {}
+            if subject[len(prefix) :] != _VERSION_KEY
+        ]
         values = await asyncio.gather(*(self._get_or_none(kv, key) for key in keys))
         return {unescape(k): v for k, v in zip(keys, values, strict=True) if v is not None}
 
@@ -530,13 +535,14 @@ class NatsStore:
         return (entry.value or b"").decode()
 
     async def _remove(self, name: str, key: str) -> None:
-        """Remove a key leaving no marker behind (the version still moves on: the purge
-        marker takes a sequence before it is purged itself)."""
+        """Remove a key leaving no delete marker behind, then move the bucket's version on
+        (a put of `_VERSION_KEY`, which `escape` never produces). In that order, a put of the
+        same key by another instance meanwhile is kept."""
         kv = await self._bucket(name)
         _, js = await self._client()
-        await self._call(kv.purge(key))
         subject = f"$KV.{self._prefix}_{name}.{key}"
         await self._call(js.purge_stream(self._bucket_stream(name), subject=subject))
+        await self._call(kv.put(_VERSION_KEY, b""))
 
     # -- subscriptions --------------------------------------------------------------------
     async def put_subscription(self, subscription_id: str, document: str) -> None:
@@ -775,13 +781,14 @@ class NatsStore:
         consumers = await self._consumers_for(group_key, topics)
         for c in consumers:
             if c.ack_wait_ms != min_idle_ms:
-                await self._set_ack_wait(c, min_idle_ms * 1_000_000)
+                with contextlib.suppress(js_errors.NotFoundError):  # left meanwhile
+                    await self._set_ack_wait(c, min_idle_ms * 1_000_000)
                 c.ack_wait_ms = min_idle_ms
         return await self._available(group_key, consumers, count)
 
     async def _set_ack_wait(self, consumer: _Consumer, ack_wait_ns: int) -> None:
-        """Change the consumer's AckWait, keeping the rest of its configuration as the server
-        has it (raw API: the start time must round-trip exactly)."""
+        """Change the consumer's AckWait, keeping the rest of its configuration exactly as the
+        server has it (raw API: nats-py's config classes do not round-trip every field)."""
         nc, _ = await self._client()
         where = f"{consumer.stream}.{consumer.durable}"
         info = await self._api(nc, f"$JS.API.CONSUMER.INFO.{where}", {})
