@@ -165,7 +165,9 @@ async def test_subscriptions_are_versioned_documents(store: Store) -> None:
     await store.put_subscription("s1", '{"a": 1}')
     assert await store.subscriptions() == {"s1": '{"a": 1}'}
     assert await store.subscriptions_version() > version
+    version = await store.subscriptions_version()
     assert await store.delete_subscription("s1") == '{"a": 1}'
+    assert await store.subscriptions_version() > version  # other instances notice removals too
     assert await store.delete_subscription("s1") is None
     assert await store.subscriptions() == {}
 
