@@ -141,3 +141,12 @@ async def test_starts_without_the_server_and_connects_once_it_is_up(
             await asyncio.sleep(0.2)
     assert await store.topics() == ["orders"]
     await store.close()
+
+
+async def test_a_burst_of_first_appends_registers_the_topic_once(store: NatsStore) -> None:
+    refs = await asyncio.gather(*(store.append("burst", [ev(str(i))]) for i in range(300)))
+    assert len({ref for (ref,) in refs}) == 300
+    assert await store.topics() == ["burst"]
+    await store.join("g", "burst", 0)
+    read = await store.read("g", "c1", ["burst"], 1000, 0)
+    assert sorted(s.event.id for s in read) == sorted(str(i) for i in range(300))

@@ -115,6 +115,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     nats_errors.StaleConnectionError,
     nats_errors.OutboundBufferLimitError,
     nats_errors.NoServersError,
+    js_errors.TooManyStalledMsgsError,
     js_errors.ServiceUnavailableError,
     asyncio.TimeoutError,
     OSError,
@@ -207,10 +208,12 @@ class NatsStore:
         self._js: JetStreamContext | None = None
         self._kv: dict[str, KeyValue] = {}
         self._connecting = asyncio.Lock()
+        self._opening_bucket = asyncio.Lock()
         self._last_failed_connect = 0.0
         self._consumers: dict[tuple[str, str], _Consumer] = {}
         self._arrived: dict[str, asyncio.Event] = {}
         self._known_topics: set[str] = set()
+        self._registering: dict[str, asyncio.Future[None]] = {}
         self._streams: set[str] = set()
         self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._last_ms = 0
@@ -233,6 +236,14 @@ class NatsStore:
         """Await one NATS operation, turning connection trouble into StoreUnavailable."""
         try:
             return await asyncio.wait_for(awaitable, self._timeout_s)
+        except _UNREACHABLE as e:
+            raise self._unavailable(e) from e
+
+    async def _quick(self, awaitable: Awaitable[T]) -> T:
+        """`_call` for what only buffers (a publish without reply) or times out by itself:
+        no timer of our own, which is a good part of the cost of a small publish."""
+        try:
+            return await awaitable
         except _UNREACHABLE as e:
             raise self._unavailable(e) from e
 
@@ -313,18 +324,21 @@ class NatsStore:
         kv = self._kv.get(name)
         if kv is not None:
             return kv
-        _, js = await self._client()
-        bucket = f"{self._prefix}_{name}"
-        try:
-            kv = await self._call(js.key_value(bucket))
-        except js_errors.BucketNotFoundError:
-            kv = await self._call(
-                js.create_key_value(
-                    KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE)
+        async with self._opening_bucket:  # one lookup for a burst of first callers
+            kv = self._kv.get(name)
+            if kv is not None:
+                return kv
+            _, js = await self._client()
+            bucket = f"{self._prefix}_{name}"
+            try:
+                kv = await self._call(js.key_value(bucket))
+            except js_errors.BucketNotFoundError:
+                config = KeyValueConfig(
+                    bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE
                 )
-            )
-        self._kv[name] = kv
-        return kv
+                kv = await self._call(js.create_key_value(config))
+            self._kv[name] = kv
+            return kv
 
     def _stream(self, topic: str) -> str:
         return f"{self._prefix}_t_{_short(escape(topic))}"
@@ -376,16 +390,27 @@ class NatsStore:
     async def append(self, topic: str, events: Sequence[CloudEvent]) -> list[EventRef]:
         """Publish in order, pipelined; keyed events wait for their link (see module doc)."""
         if topic not in self._known_topics:
-            await self._ensure_stream(topic)
-            await self.create_topic(topic)
+            await self._register(topic)
         try:
             return await self._publish_all(topic, events)
         except js_errors.NoStreamResponseError:  # the topic was deleted meanwhile
             self._streams.discard(self._stream(topic))
             self._known_topics.discard(topic)
-            await self._ensure_stream(topic)
-            await self.create_topic(topic)
+            await self._register(topic)
             return await self._publish_all(topic, events)
+
+    async def _register(self, topic: str) -> None:
+        """Make the topic's stream and KV entry, once for all appends waiting on it."""
+        registering = self._registering.get(topic)
+        if registering is None:
+            registering = asyncio.ensure_future(self._register_once(topic))
+            self._registering[topic] = registering
+            registering.add_done_callback(lambda _: self._registering.pop(topic, None))
+        await asyncio.shield(registering)
+
+    async def _register_once(self, topic: str) -> None:
+        await self._ensure_stream(topic)
+        await self.create_topic(topic)
 
     async def _publish_all(self, topic: str, events: Sequence[CloudEvent]) -> list[EventRef]:
         _, js = await self._client()
@@ -396,9 +421,11 @@ class NatsStore:
                 key = event.partition_key
                 if key is None:
                     ms = self._now_ms()
-                    ack = await self._call(
+                    ack = await self._quick(
                         js.publish_async(
-                            subject, _encode_payload(event), headers={_HEADER_MS: str(ms)}
+                            subject,
+                            _encode_payload(event),
+                            headers={_HEADER_MS: str(ms)},
                         )
                     )
                     self._publishing.add(ack)
@@ -406,13 +433,20 @@ class NatsStore:
                     pending.append((ack, ms))
                 else:
                     pending.append((await self._append_keyed(js, topic, event, key), 0))
-            refs = []
-            for item, ms in pending:
-                if isinstance(item, EventRef):
-                    refs.append(item)
-                else:
-                    refs.append(EventRef(topic, f"{ms}-{(await self._call(item)).seq}"))
-            return refs
+            # One timer for the whole call (cheaper than one per event): an unconfirmed
+            # publish fails the append after the timeout.
+            timer = asyncio.get_running_loop().call_later(
+                self._timeout_s, _expire, pending, self._unavailable(None)
+            )
+            try:
+                return [
+                    item
+                    if isinstance(item, EventRef)
+                    else EventRef(topic, f"{ms}-{(await self._quick(item)).seq}")
+                    for item, ms in pending
+                ]
+            finally:
+                timer.cancel()
         finally:
             # Whatever was not confirmed is given up on (and its slot in nats-py's window of
             # outstanding publishes freed): the caller reports the append as failed.
@@ -763,7 +797,7 @@ class NatsStore:
         confirmations = []
         for topic_refs in by_topic.values():
             for ref in topic_refs[:-1]:
-                await self._call(nc.publish(self._ack_subject(group_key, ref), body))
+                await self._quick(nc.publish(self._ack_subject(group_key, ref), body))
             confirmations.append(nc.request(self._ack_subject(group_key, topic_refs[-1]), body))
         for confirmation in confirmations:
             await self._call(_unless_gone(confirmation))
@@ -889,3 +923,12 @@ async def _unless_gone(confirmation: Awaitable[Msg]) -> None:
     """Await an ack confirmation; no responder means the consumer is gone: nothing to ack."""
     with contextlib.suppress(nats_errors.NoRespondersError):
         await confirmation
+
+
+def _expire(
+    pending: list[tuple[asyncio.Future[PubAck] | EventRef, int]], error: StoreUnavailable
+) -> None:
+    """Fail the publishes of one append that the server has not confirmed in time."""
+    for item, _ in pending:
+        if isinstance(item, asyncio.Future) and not item.done():
+            item.set_exception(error)
