@@ -7,5 +7,5 @@ COPY replay ./replay
 COPY meshadmin ./meshadmin
 COPY manage.py ./
 RUN pip install --no-cache-dir .
-EXPOSE 10105
+EXPOSE 10105 10205
 CMD ["python", "-m", "runtime"]

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint typecheck importlint pytest services venv clean
+.PHONY: run test lint typecheck importlint pytest services venv clean protos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ CAPTURE ?= chdb://$(CURDIR)/var/chdb
 
 run: venv
 	$(BIN)/python -m runtime --capture $(CAPTURE) --capture-spool-dir $(CURDIR)/var/spool $(ARGS)
+
+# The gRPC API's protobuf modules are committed; tests/test_grpc_protos.py fails when stale.
+protos: venv
+	$(BIN)/python -m grpc_tools.protoc -I runtime/_proto --python_out=runtime/_proto \
+		--pyi_out=runtime/_proto runtime/_proto/eventmesh.proto
 
 services:
 	bash scripts/install-test-services.sh

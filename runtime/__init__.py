@@ -25,10 +25,12 @@ from runtime._errors import (
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    ReplyTimeout,
     StoreUnavailable,
     SubscriptionNotFound,
 )
 from runtime._events import CloudEvent
+from runtime._topics import TopicPattern, compile_pattern, validate_pattern
 
 __all__ = [
     "CaptureConfig",
@@ -46,9 +48,13 @@ __all__ = [
     "NullCapture",
     "PayloadTooLarge",
     "PublishRecord",
+    "ReplyTimeout",
     "SpanEventRecord",
     "SpanLinkRecord",
     "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
+    "TopicPattern",
+    "compile_pattern",
+    "validate_pattern",
 ]

@@ -29,6 +29,15 @@ def _otlp_line(runtime: Runtime) -> str:
     return "Applications' own spans: " + " or ".join(endpoints) + "\n"
 
 
+def _grpc_line(runtime: Runtime) -> str:
+    if runtime.grpc is None:
+        return ""
+    return (
+        f"gRPC (EventMesh-compatible): {runtime.grpc_target}  - from Python: "
+        f"MESHTAP_GRPC_TARGET={runtime.grpc_target}, then `from runtime.client import MeshClient`\n"
+    )
+
+
 def _next_steps(runtime: Runtime) -> str:
     url = runtime.http_url
     return f"""
@@ -45,7 +54,7 @@ Try it:
   # 3. watch it flow
   curl -s {url}/metrics | grep meshtap_events
 
-{_otlp_line(runtime)}Health: {url}/healthz  Readiness: {url}/readyz  \
+{_grpc_line(runtime)}{_otlp_line(runtime)}Health: {url}/healthz  Readiness: {url}/readyz  \
 Stop: Ctrl-C (drains in-flight deliveries)
 """
 

@@ -18,6 +18,7 @@ from typing import Any
 class RuntimeConfig:
     host: str = "127.0.0.1"
     http_port: int = 10105
+    grpc_port: int = 10205
     store: str = "memory://"
     max_payload_bytes: int = 1_048_576
     drain_timeout_s: float = 30.0
@@ -56,8 +57,15 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--host", "host", "interface the HTTP API listens on"),
+    Option("--host", "host", "interface the HTTP and gRPC APIs listen on"),
     Option("--http-port", "http_port", "HTTP API port (EventMesh's default)", int),
+    Option(
+        "--grpc-port",
+        "grpc_port",
+        "EventMesh-compatible gRPC API port (PublisherService, ConsumerService, "
+        "HeartbeatService; EventMesh's default); 0 = off",
+        int,
+    ),
     Option(
         "--store",
         "store",

@@ -34,7 +34,8 @@ from runtime._capture import CaptureSink, DeliveryRecord, NullCapture
 from runtime._errors import StoreUnavailable
 from runtime._events import CloudEvent
 from runtime._metrics import RuntimeMetrics
-from runtime._push import Outcome, Pusher, PushResult
+from runtime._push import Outcome, Pusher, PushResult, SubscriberGone
+from runtime._streams import served_here
 from runtime._subscriptions import Subscription
 from runtime._topics import dlq_topic, is_internal
 from runtime._tracing import MeshTracing, attempt_ids, end_span, trace_headers
@@ -181,7 +182,7 @@ class _Batcher:
         error: BaseException | None = None
         try:
             await self._worker.push_until_settled(self._subscription, [s for s, _ in batch])
-        except _Abandoned as e:
+        except (_Abandoned, SubscriberGone) as e:
             error = e
         except Exception as e:
             log.exception("batch push to %s failed unexpectedly", self._subscription.sink)
@@ -191,7 +192,9 @@ class _Batcher:
                 if error is None:
                     future.set_result(None)
                 else:
-                    future.set_exception(_Abandoned() if isinstance(error, _Abandoned) else error)
+                    future.set_exception(
+                        type(error)() if isinstance(error, _Abandoned | SubscriberGone) else error
+                    )
 
 
 class GroupWorker:
@@ -316,7 +319,7 @@ class GroupWorker:
                 finally:
                     self._d.metrics.in_flight.dec()
             settled = True
-        except _Abandoned:
+        except (_Abandoned, SubscriberGone):
             pass
         except Exception:
             log.exception("delivery of %s to %s failed unexpectedly", stored.ref, self.group_key)
@@ -376,7 +379,7 @@ class GroupWorker:
                 0,
             )
             return
-        if subscription.batch.max_events > 1 and subscription.protocol == "cloudevents":
+        if subscription.batch.max_events > 1 and subscription.protocol != "eventmesh":
             batcher = self._batchers.get(subscription.id)
             if batcher is None:
                 batcher = self._batchers[subscription.id] = _Batcher(self, subscription)
@@ -642,6 +645,8 @@ class Dispatcher:
         by_key: dict[str, list[Subscription]] = {}
         for document in documents.values():
             subscription = Subscription.from_document(document)
+            if not served_here(subscription, self.consumer):
+                continue  # a gRPC stream of another instance: that instance delivers to it
             by_key.setdefault(subscription.group_key, []).append(subscription)
         for group_key, subscriptions in by_key.items():
             matched = [t for t in topics if any(pattern_covers(s, t) for s in subscriptions)]

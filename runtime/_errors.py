@@ -15,6 +15,7 @@ The HTTP layer maps each class to one status code, so handlers never pick codes 
     ├── NotFound                      404
     │   └── SubscriptionNotFound      404
     ├── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
+    ├── ReplyTimeout                  504  request-reply: no reply within the timeout
     └── CannotListen                       a listener's port cannot be bound (at start-up)
 """
 
@@ -79,6 +80,13 @@ class StoreUnavailable(MeshtapError):
 
     status = 503
     code = "store_unavailable"
+
+
+class ReplyTimeout(MeshtapError):
+    """No reply to a request arrived in time (gRPC DEADLINE_EXCEEDED); the request was published."""
+
+    status = 504
+    code = "reply_timeout"
 
 
 class CannotListen(MeshtapError):

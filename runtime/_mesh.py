@@ -1,6 +1,6 @@
 """The mesh's operations, independent of the protocol that asked for them.
 
-The native HTTP API, the EventMesh-compatible endpoints, the HTTP source and (later) gRPC all call
+The native HTTP API, the EventMesh-compatible endpoints, the HTTP source and gRPC all call
 these, so validation, stamping and metrics happen in exactly one place.
 """
 
@@ -44,6 +44,7 @@ class Mesh:
         *,
         producer: str = "",
         protocol: str = "http",
+        internal_ok: bool = False,
     ) -> list[CloudEvent]:
         """Store `events` on `topic`; once this returns they are accepted (durable per store).
 
@@ -52,7 +53,7 @@ class Mesh:
         creation context from it (see `runtime._tracing`).
         """
         validate_topic(topic)
-        if is_internal(topic):
+        if is_internal(topic) and not internal_ok:  # internal_ok: the runtime's own (replies)
             raise InvalidTopic(
                 f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
@@ -98,13 +99,19 @@ class Mesh:
             )
         return Subscription.from_document(documents[subscription_id])
 
-    async def unsubscribe(self, subscription_id: str) -> Subscription:
+    async def unsubscribe(self, subscription_id: str, *, keep_group: bool = False) -> Subscription:
+        """Remove a subscription. `keep_group` keeps its group's place in the store even when it
+        was the group's last subscription (a gRPC stream that went away: when the group comes
+        back it gets what was published meanwhile)."""
         document = await self.store.delete_subscription(subscription_id)
         if document is None:
             raise SubscriptionNotFound(
                 f"no subscription with id {subscription_id!r}; GET /v1/subscriptions lists them"
             )
         removed = Subscription.from_document(document)
+        if keep_group:
+            self.dispatcher.nudge()
+            return removed
         remaining = await self.subscriptions()
         if not any(s.group_key == removed.group_key for s in remaining):
             # Nobody consumes for this group key any more: drop its consumer groups so its

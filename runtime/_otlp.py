@@ -35,8 +35,8 @@ from typing import Any, Final, Literal
 
 import grpc  # type: ignore[import-untyped]
 from aiohttp import web
-from google.protobuf import json_format  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     DESCRIPTOR as TRACE_SERVICE_FILE,
 )

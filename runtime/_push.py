@@ -51,6 +51,27 @@ class PushRequest:
     body: bytes
 
 
+class SubscriberGone(Exception):
+    """The subscriber's connection is gone (a closed gRPC stream): leave the event pending.
+
+    Retrying the same subscriber cannot help and dead-lettering would lose an event another
+    subscriber of the group can take, so delivery stops here and the store's reclaim hands the
+    event out again after `claim_idle_ms`.
+    """
+
+
+class PushChannel(Protocol):
+    """Delivers to subscribers that are not HTTP sinks (gRPC streams, `runtime._streams`)."""
+
+    async def push(
+        self,
+        subscription: Subscription,
+        items: Sequence[tuple[str, CloudEvent]],
+        attempt: int,
+        trace_headers: Mapping[str, str] | None,
+    ) -> PushResult: ...
+
+
 class PushContract(Protocol):
     def request(
         self, subscription: Subscription, topic: str, event: CloudEvent, attempt: int
@@ -97,8 +118,15 @@ class CloudEventsContract:
 class Pusher:
     """Owns the HTTP client used for every push of one runtime instance."""
 
-    def __init__(self, contracts: dict[str, PushContract], *, max_connections: int = 512) -> None:
+    def __init__(
+        self,
+        contracts: dict[str, PushContract],
+        *,
+        max_connections: int = 512,
+        channels: Mapping[str, PushChannel] | None = None,
+    ) -> None:
         self._contracts = contracts
+        self._channels = dict(channels or {})
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -129,6 +157,9 @@ class Pusher:
         request whatever the contract, so an instrumented subscriber continues the trace; they
         replace a contract's own headers of the same name.
         """
+        channel = self._channels.get(subscription.protocol)
+        if channel is not None:
+            return await channel.push(subscription, items, attempt, trace_headers)
         assert self._session is not None, "Pusher.start() was not called"
         contract = self._contracts[subscription.protocol]
         if len(items) == 1:

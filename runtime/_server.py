@@ -1,5 +1,5 @@
-"""A runtime instance: store + dispatcher + HTTP listener (+ OTLP receiver), with an orderly
-start and drain."""
+"""A runtime instance: store + dispatcher + HTTP listener (+ gRPC API, OTLP receiver), with an
+orderly start and drain."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from runtime._capture import CaptureConfig, CaptureSink, NullCapture, open_captu
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
 from runtime._errors import CannotListen, StoreUnavailable
+from runtime._grpc_api import GrpcApi
 from runtime._http_api import build_app
 from runtime._mesh import Mesh
 from runtime._metrics import RuntimeMetrics
 from runtime._otlp import OtlpReceiver
 from runtime._push import CloudEventsContract, PushContract, Pusher
+from runtime._replies import ReplyRouter
+from runtime._streams import STREAM_PROTOCOL, StreamHub
 from runtime._tracing import MeshTracing
 from runtime.stores import Store, open_store
 
@@ -58,7 +61,11 @@ class Runtime:
         self._tracer_provider = tracer_provider
         self.store = store or open_store(config.store)
         self.metrics = RuntimeMetrics()
-        self.pusher = Pusher(push_contracts())
+        # A unique consumer name per process start: a restarted instance must not inherit the
+        # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
+        consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
+        self.streams = StreamHub(consumer)
+        self.pusher = Pusher(push_contracts(), channels={STREAM_PROTOCOL: self.streams})
         self.capture = capture or open_capture(
             CaptureConfig(
                 url=config.capture,
@@ -75,9 +82,6 @@ class Runtime:
         capture_metrics = getattr(self.capture, "collector", lambda: None)()
         if capture_metrics is not None:
             self.metrics.registry.register(capture_metrics)
-        # A unique consumer name per process start: a restarted instance must not inherit the
-        # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
-        consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
         self.dispatcher = Dispatcher(
             self.store,
             self.pusher,
@@ -100,6 +104,8 @@ class Runtime:
             instance=config.instance,
             tracing=self.tracing,
         )
+        self.replies = ReplyRouter(self.mesh, consumer)
+        self.grpc: GrpcApi | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self.otlp: OtlpReceiver | None = None
@@ -147,7 +153,19 @@ class Runtime:
             self.http_url,
             self.store.url,
         )
+        if self.config.grpc_port:
+            await self.start_grpc(self.config.grpc_port)
         await self._start_otlp()
+
+    async def start_grpc(self, port: int) -> None:
+        """Start the gRPC API on `port` (0 = any free port: tests, embedding)."""
+        self.grpc = GrpcApi(self.mesh, self.config, self.streams, self.replies, port=port)
+        await self.grpc.start()
+
+    @property
+    def grpc_target(self) -> str:
+        """`host:port` of the gRPC API (for grpc channels)."""
+        return f"{self.config.host}:{self.grpc.port if self.grpc else self.config.grpc_port}"
 
     async def _start_otlp(self) -> None:
         config = self.config
@@ -171,9 +189,13 @@ class Runtime:
         if self.otlp is not None:
             await self.otlp.stop()
             self.otlp = None
+        if self.grpc is not None:
+            await self.grpc.stop()
+            self.grpc = None
         if self._runner is not None:
             await self._runner.shutdown()
         await self.dispatcher.drain(timeout)
+        await self.replies.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -20,7 +20,8 @@ from runtime._filters import EventFilter, compile_filters
 from runtime._topics import TopicPattern, compile_pattern, validate_group, validate_pattern
 
 Mode = Literal["clustering", "broadcast"]
-PushProtocol = Literal["cloudevents", "eventmesh"]
+PushProtocol = Literal["cloudevents", "eventmesh", "grpc"]
+"""`grpc`: pushed over a gRPC `subscribeStream` of the runtime instance named in the sink."""
 MODES: Final = ("clustering", "broadcast")
 
 # Cloud metadata endpoints: a sink pointing there would let a subscriber exfiltrate credentials.

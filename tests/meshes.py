@@ -116,7 +116,8 @@ async def running(
 ) -> AsyncIterator[tuple[Runtime, Client]]:
     """A runtime on a free port with fast crash recovery, and a client for it.
 
-    The OTLP receiver is off unless a test asks for ports (fixed default ports would clash).
+    The OTLP receiver and the gRPC API are off unless a test asks (fixed default ports would
+    clash); `grpc=True` starts the gRPC API on a free port (`runtime.grpc_target`).
     `tracer_provider` (an override) goes to the Runtime, not to its config.
     """
     settings: dict[str, Any] = {
@@ -125,11 +126,15 @@ async def running(
         "claim_idle_ms": 2_000,
         "otlp_http_port": 0,
         "otlp_grpc_port": 0,
+        "grpc_port": 0,
     }
     tracer_provider = overrides.pop("tracer_provider", None)
+    grpc = overrides.pop("grpc", False)
     settings.update(overrides)
     runtime = Runtime(RuntimeConfig(**settings), capture=capture, tracer_provider=tracer_provider)
     await runtime.start()
+    if grpc:  # the gRPC API on a port the OS picks (127.0.0.1:0)
+        await runtime.start_grpc(0)
     try:
         async with aiohttp.ClientSession() as session:
             yield runtime, Client(runtime.http_url, session)
@@ -162,6 +167,7 @@ class RuntimeProcess:
         env = {
             "MESHTAP_OTLP_HTTP_PORT": "0",
             "MESHTAP_OTLP_GRPC_PORT": "0",
+            "MESHTAP_GRPC_PORT": "0",
             **os.environ,
             "PYTHONUNBUFFERED": "1",
         }

@@ -239,3 +239,37 @@ async def test_a_batch_clickhouse_refuses_for_good_is_kept_aside_and_counted(
     assert any(
         "ClickHouse refused a batch of 5 events rows" in r.getMessage() for r in caplog.records
     )
+
+
+@pytest.mark.parametrize("writer", ["process", "thread"])
+async def test_an_outage_is_one_clear_log_line_not_a_traceback_per_retry(
+    fresh_clickhouse_server: ClickHouseServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    writer: str,
+) -> None:
+    server = migrated(fresh_clickhouse_server)
+    caplog.set_level(logging.DEBUG)  # everything, the driver's own loggers included
+    capture = ClickHouseCapture(
+        CaptureConfig(
+            url=server.url,
+            spool_dir=str(tmp_path / "spool"),
+            span_sample_ratio=0.0,
+            options={"writer": writer, "flush_interval_ms": 50},
+        )
+    )
+    async with running(capture=capture) as (_, client):
+        await client.publish("orders", event("before"))
+        assert await capture.flush(20)
+        await asyncio.to_thread(server.stop)
+        for i in range(30):  # a batch every 100 ms: many failed attempts to reach ClickHouse
+            await client.publish("orders", event(f"during-{i}"))
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(server.start)
+    assert query(server, COUNTS) == [(31, 31)]
+    driver = [r for r in caplog.records if r.name.startswith("clickhouse_driver")]
+    assert [r.getMessage() for r in driver if r.levelno >= logging.WARNING] == []
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    capture_lines = [r.getMessage() for r in caplog.records if r.name == "meshtap.capture"]
+    assert sum("cannot write to ClickHouse" in m for m in capture_lines) == 1, capture_lines
+    assert any("answers again" in m for m in capture_lines), capture_lines

@@ -1103,3 +1103,63 @@ def test_topic_map(loaded: Store) -> None:
     assert [(t.topic, t.events, t.groups) for t in earlier.topics] == [("orders.eu.created", 1, ())]
     with pytest.raises(InvalidQuery, match="empty or inverted"):
         topic_map(loaded.client, until, since)
+
+
+# --- events_by_id / events_of_traces / replayed_event_ids (replay's selection) -----------------
+
+
+def test_events_by_id_in_publish_order_within_the_window(loaded: Store) -> None:
+    got = _queries.events_by_id(loaded.client, window("#", "_dlq.#"), ["evt-u", "evt-b", "nope"])
+    assert ids(got) == [
+        ("evt-b", "orders.us.created"),
+        ("evt-b", "_dlq.shipping"),
+        ("evt-u", "orders.eu.created"),
+    ]
+    assert got[-1].data == NOT_UTF8
+    narrow = window("orders.#", attributes={"partitionkey": "customer-8"})
+    assert ids(_queries.events_by_id(loaded.client, narrow, ["evt-b", "evt-a"])) == [
+        ("evt-b", "orders.us.created")
+    ]
+    assert _queries.events_by_id(loaded.client, window("nothing.here"), ["evt-a"]) == []
+
+
+def test_events_of_traces_by_the_trace_table(loaded: Store) -> None:
+    got = _queries.events_of_traces(loaded.client, window("#"), [TB, TA.upper()])
+    assert ids(got) == [("evt-a", "orders.eu.created"), ("evt-b", "orders.us.created")]
+    with pytest.raises(InvalidQuery, match="32 hexadecimal digits"):
+        _queries.events_of_traces(loaded.client, window("#"), ["not-a-trace"])
+    with pytest.raises(InvalidQuery, match="from 1 to"):
+        _queries.events_by_id(loaded.client, window("#"), [])
+
+
+def test_replayed_event_ids_finds_a_replays_events_on_its_topics(store: Store) -> None:
+    rows = [
+        event("r-1", "replay.orders.eu.created", A0, "", ext={"replayid": "job-1"}),
+        event("r-2", "replay.orders.eu.created", A0 + S, "", ext={"replayid": "job-2"}),
+        event("r-3", "replay.orders.us.created", A0 + 2 * S, "", ext={"replayid": "job-1"}),
+        event("r-0", "replay.orders.eu.created", A0 - 10 * S, "", ext={"replayid": "job-1"}),
+    ]
+    for row in rows:
+        row["replay_id"] = dict(zip(row["ext_keys"], row["ext_values"], strict=True))["replayid"]
+    insert(store.client, "events", rows)
+    topics = ["replay.orders.eu.created", "replay.orders.us.created"]
+    assert _queries.replayed_event_ids(store.client, "job-1", topics, A0) == {"r-1", "r-3"}
+    assert _queries.replayed_event_ids(store.client, "job-1", topics[:1], 0) == {"r-0", "r-1"}
+    assert _queries.replayed_event_ids(store.client, "job-1", [], 0) == set()
+    got = _queries.events_of_replay(store.client, "job-1", topics, 0)
+    assert [(e.event_id, e.replay_id) for e in got] == [("r-0", "job-1"), ("r-1", "job-1"),
+                                                        ("r-3", "job-1")]  # fmt: skip
+    assert _queries.events_of_replay(store.client, "job-1", [], 0) == []
+    with pytest.raises(InvalidQuery, match="replay id"):
+        _queries.replayed_event_ids(store.client, "", topics, 0)
+
+
+def test_count_events_in_window_bounds_the_stream(loaded: Store) -> None:
+    for topics, attributes in [(("#",), {}), (("orders.#",), {"partitionkey": "customer-8"}),
+                               (("_dlq.#", "payments.#"), {}), (("nothing",), {})]:  # fmt: skip
+        w = window(*topics, attributes=attributes)
+        assert _queries.count_events_in_window(loaded.client, w) == len(
+            list(events_in_window(loaded.client, w))
+        )
+    with pytest.raises(InvalidQuery, match="expected an EventWindow"):
+        _queries.count_events_in_window(loaded.client, "orders.#")  # type: ignore[arg-type]

@@ -28,16 +28,29 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
-from runtime import CaptureConfig, CaptureNotReady, CloudEvent, PublishRecord
+from runtime import CaptureConfig, CaptureNotReady, CloudEvent, DeliveryRecord, PublishRecord
 from runtime._capture import open_capture
 from tests.meshes import event, free_port, running
 from tests.servers import ClickHouseServer
 from tests.sinks import Push, RecordingSink
-from tracing import ClickHouseCapture, RedactionConfigError
+from tracing import ClickHouseCapture, RedactionConfigError, trace_by_id
+from tracing._rows import DELIVERIES as DELIVERIES_SPEC
 from tracing._rows import EVENTS as EVENTS_SPEC
-from tracing._rows import TABLES, event_row, rfc3339_ns, traceparent_ids
+from tracing._rows import (
+    TABLES,
+    columns_of,
+    delivery_columns,
+    delivery_parts,
+    delivery_row,
+    event_columns,
+    event_row,
+    publish_parts,
+    rfc3339_ns,
+    traceparent_ids,
+)
 from tracing._writer import SpoolFormatError, decode_spool, encode_spool
 from tracing.clickhouse import ClickHouse, Purpose, migrate, plan
 
@@ -322,6 +335,75 @@ async def test_publishes_deliveries_and_spans_are_recorded_in_full(store: Store)
     assert store.query(EVENTS_OF_TRACE, {"trace_id": binary["trace_id"]}) == [("b-1",)]
 
 
+async def test_one_trace_shows_the_producer_app_the_mesh_and_the_consumer_app(
+    store: Store,
+) -> None:
+    """An instrumented producer publishes inside its span; the mesh records its publish and
+    process spans; the consumer handles the push inside a span continuing the push's
+    ``traceparent``; both applications export to the runtime's OTLP receiver. The stored
+    trace, read back with ``trace_by_id``, holds all four spans, parent by parent, and the
+    event with its delivery."""
+    finished = InMemorySpanExporter()
+    propagator = TraceContextTextMapPropagator()
+
+    def app_tracer(service: str) -> Any:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(SimpleSpanProcessor(finished))
+        return provider.get_tracer(service)
+
+    producer, consumer = app_tracer("checkout"), app_tracer("shipping")
+
+    def ship(push: Push) -> web.Response:
+        headers = {k.lower(): v for k, v in push.headers.items()}
+        context = propagator.extract({"traceparent": headers["traceparent"]})
+        with consumer.start_as_current_span("ship order", context=context, kind=SpanKind.CONSUMER):
+            return web.Response(status=204)
+
+    sink = await RecordingSink(respond=ship).start()
+    capture = ClickHouseCapture(store.config())
+    try:
+        async with running(capture=capture, otlp_http_port=free_port()) as (runtime, client):
+            await client.subscribe(topic="orders.placed", group="shipping", sink=sink.url)
+            with producer.start_as_current_span("POST /checkout", kind=SpanKind.SERVER):
+                carrier: dict[str, str] = {}
+                propagator.inject(carrier)
+                await client.publish(
+                    "orders.placed", event("o-1", traceparent=carrier["traceparent"])
+                )
+            await sink.wait_for(1)
+            assert runtime.otlp is not None
+            exporter = OTLPSpanExporter(
+                endpoint=f"http://127.0.0.1:{runtime.otlp.http_port}/v1/traces"
+            )
+            try:
+                result = await asyncio.to_thread(exporter.export, finished.get_finished_spans())
+            finally:
+                exporter.shutdown()  # type: ignore[no-untyped-call]
+            assert result is SpanExportResult.SUCCESS
+    finally:
+        await sink.stop()
+
+    trace_id = carrier["traceparent"].split("-")[1]
+    with ClickHouse.open(store.url) as ch:
+        trace = trace_by_id(ch, trace_id)
+    assert trace is not None
+    spans = {(s.service_name, s.name): s for s in trace.spans}
+    app = spans["checkout", "POST /checkout"]
+    publish = spans["meshtap-runtime", "publish orders.placed"]
+    process = spans["meshtap-runtime", "process orders.placed"]
+    shipped = spans["shipping", "ship order"]
+    assert len(trace.spans) == 4, sorted(spans)
+    assert app.parent_span_id == ""  # the producer app is the root ...
+    assert publish.parent_span_id == app.span_id  # ... the mesh took the event inside it ...
+    assert process.parent_span_id == app.span_id  # ... delivered it in the producer's context
+    assert shipped.parent_span_id == process.span_id  # ... and the consumer app continued it
+    assert (publish.kind, process.kind, shipped.kind) == ("client", "consumer", "consumer")
+    (carried,) = trace.events
+    assert carried.event.event_id == "o-1"
+    assert [(d.group, d.outcome) for d in carried.deliveries] == [("shipping", "acked")]
+    assert carried.deliveries[0].span_id == process.span_id
+
+
 async def test_redacted_values_appear_in_no_stored_row(store: Store) -> None:
     sink = await RecordingSink().start()
     capture = ClickHouseCapture(
@@ -582,6 +664,62 @@ def test_event_rows_keep_every_attribute_and_clamp_what_would_not_fit() -> None:
         )
     )
     assert (late["published_ns"], late["published_at"]) == (0, 0)
+
+
+def test_batches_convert_column_by_column_exactly_as_row_by_row() -> None:
+    """The writer converts whole batches (``event_columns``/``delivery_columns``, fast paths
+    for plain ASCII); every value rule of the row functions holds for them too, whichever
+    record in the batch breaks the fast path."""
+    plain: dict[str, Any] = {"specversion": "1.0", "id": "p", "source": "/s", "type": "t"}
+    odd = [
+        {**plain, "id": "e-\ud800", "subject": "caf\u00e9", "tenant": "\u00e9t\u00e9"},
+        {**plain, "time": "2026-01-31T14:00:00.1+02:00", "count": 7, "on": True, "ratio": 0.5},
+        {**plain, "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+        *(
+            {**plain, "traceparent": tp}
+            for tp in (
+                "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # upper case
+                "00-" + "0" * 32 + "-b7ad6b7169203331-01",
+                "00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
+                "00_0af7651916cd43dd8448eb211c80319c_b7ad6b7169203331_01",
+                "00-0af7651916cd43dd8448eb211c8031-c-b7ad6b7169203331-01",
+            )
+        ),
+        {**plain, "partitionkey": "k", "replayid": "r", "dataschema": "s", "\u00e9x": "v"},
+    ]
+    records = [publish_record(CloudEvent(plain, b"x"), topic="ascii")]
+    records += [publish_record(CloudEvent(a, NOT_UTF8)) for a in odd]
+    records += [
+        publish_record(CloudEvent(plain), published_ns=-5, topic="t\u00e9", producer="\ud800"),
+        publish_record(CloudEvent(plain), published_ns=1 << 70),
+    ]
+    for batch in ([records[0]], records, records[::-1]):
+        expected = columns_of([event_row(r) for r in batch], len(EVENTS_SPEC.columns))
+        assert event_columns([publish_parts(r) for r in batch]) == expected
+    deliveries = [
+        DeliveryRecord(
+            event_id=f"e-{i}",
+            topic="t\u00e9" if i == 1 else "t",
+            group="g",
+            subscription_id="s",
+            subscriber="http://sink",
+            attempt=attempt,
+            outcome="retry",
+            status_code=status,
+            error="\ud800" if i == 2 else "",
+            duration_ns=-1 if i == 3 else 5,
+            latency_ns=1 << 70,
+            attempted_ns=1_769_860_800_000_000_007,
+            instance="i",
+        )
+        for i, (attempt, status) in enumerate([(1, 503), (70_000, 70_000), (2, 0), (3, 204)])
+    ]
+    for batch in (deliveries[:1], deliveries):
+        expected = columns_of([delivery_row(d) for d in batch], len(DELIVERIES_SPEC.columns))
+        assert delivery_columns([delivery_parts(d) for d in batch]) == expected
 
 
 def test_spool_files_round_trip_byte_exact_and_refuse_what_they_cannot_trust() -> None:

@@ -7,10 +7,13 @@ names are pinned in tests/test_clickhouse_store.py.
 from __future__ import annotations
 
 import inspect
+import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from opentelemetry.sdk.trace.export import SpanExporter
 
+import runtime
 import tracing
 from runtime import CaptureConfig, CaptureSink
 
@@ -37,9 +40,14 @@ def test_exported_names_are_pinned() -> None:
         "TraceSpan",
         "TraceSummary",
         "TraceView",
+        "count_events_in_window",
         "delivery_history",
+        "events_by_id",
         "events_in_window",
+        "events_of_replay",
+        "events_of_traces",
         "parse_attribute_filter",
+        "replayed_event_ids",
         "search_traces",
         "topic_map",
         "trace_by_id",
@@ -63,3 +71,15 @@ def test_the_capture_is_the_runtimes_plugin_for_both_schemes() -> None:
     assert isinstance(capture, CaptureSink)
     assert issubclass(tracing.ClickHouseSpanExporter, SpanExporter)
     assert issubclass(tracing.RedactionConfigError, ValueError)
+
+
+def test_tracing_uses_only_the_runtimes_public_names() -> None:
+    """The runtime's private modules may change under it; what tracing needs is exported."""
+    offending = []
+    for path in sorted(Path(tracing.__file__).parent.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.match(r"\s*(from|import) runtime\._", line):
+                offending.append(f"{path.name}:{number}: {line.strip()}")
+    assert offending == []
+    for name in ("TopicPattern", "compile_pattern", "validate_pattern"):
+        assert name in runtime.__all__

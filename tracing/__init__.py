@@ -4,15 +4,18 @@ Depends on `runtime` (never the other way round); no Django here.
 
 * :class:`ClickHouseCapture` -- the capture plugin the runtime loads for ``clickhouse://`` and
   ``chdb://`` URLs (entry points ``meshtap.capture``): records publishes, delivery attempts
-  and spans into ClickHouse through a batch writer that spools while ClickHouse is away, and
-  provides the runtime's OpenTelemetry ``TracerProvider`` and Prometheus collector.
+  and spans into ClickHouse through a batch writer that spools while ClickHouse is away (in a
+  child process of its own for ``clickhouse://``, a thread for ``chdb://``), and provides the
+  runtime's OpenTelemetry ``TracerProvider`` and Prometheus collector.
 * :class:`ClickHouseSpanExporter` -- an OpenTelemetry SDK span exporter into the same store
   (``ClickHouseCapture.span_exporter()``).
 * :class:`Redactor` / :class:`RedactionConfigError` -- masking of configured data fields and
   extensions before anything is written.
 * the read side -- :func:`trace_by_id`, :func:`search_traces`, :func:`events_in_window`,
-  :func:`delivery_history`, :func:`topic_map` and their frozen inputs and results: what the
-  web admin and replay read.
+  :func:`delivery_history`, :func:`topic_map`, and for replay :func:`events_by_id`,
+  :func:`count_events_in_window`,
+  :func:`events_of_traces`, :func:`events_of_replay`, :func:`replayed_event_ids`; and
+  their frozen inputs and results: what the web admin and replay read.
 * :mod:`tracing.clickhouse` -- the one entry point to ClickHouse, migrations and retention.
 
 Errors (the recorder's ``record_*`` and the exporter's ``export`` never raise; these come from
@@ -31,8 +34,13 @@ from __future__ import annotations
 
 from tracing._exporter import ClickHouseSpanExporter
 from tracing._queries import (
+    count_events_in_window,
     delivery_history,
+    events_by_id,
     events_in_window,
+    events_of_replay,
+    events_of_traces,
+    replayed_event_ids,
     search_traces,
     topic_map,
     trace_by_id,
@@ -80,9 +88,14 @@ __all__ = [
     "TraceSpan",
     "TraceSummary",
     "TraceView",
+    "count_events_in_window",
     "delivery_history",
+    "events_by_id",
     "events_in_window",
+    "events_of_replay",
+    "events_of_traces",
     "parse_attribute_filter",
+    "replayed_event_ids",
     "search_traces",
     "topic_map",
     "trace_by_id",

@@ -2,11 +2,11 @@
 
 A plain SDK ``SpanExporter``: put it behind a ``BatchSpanProcessor`` (``ClickHouseCapture.
 tracer_provider()`` does) or any other processor. ``export()`` hands the finished spans to the
-capture's batch writer, whose thread turns them into ``spans`` rows (``_rows.
-readable_span_row``, with the deployment's redaction), inserts them, spools them while
-ClickHouse is away and retries with backoff and jitter -- so ``export()`` never waits for
-ClickHouse and never raises. The writer's ClickHouse calls run with instrumentation
-suppressed, so storing spans makes no spans about itself.
+capture's batch writer (the ``sdk_span`` feed), which turns them into ``spans`` rows (``_rows.
+sdk_span_row``, with the deployment's redaction), inserts them, spools them while ClickHouse
+is away and retries with backoff and jitter -- so ``export()`` never waits for ClickHouse and
+never raises. The writer's ClickHouse calls run with instrumentation suppressed, so storing
+spans makes no spans about itself.
 
 Results: ``SUCCESS`` when every span was taken (to be written, or spooled until it can be);
 ``FAILURE`` when some were dropped (the capture's hard bound, counted in
@@ -19,16 +19,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from tracing._rows import SPANS, RowConverter
-from tracing._writer import BatchWriter
-
-__all__ = ["ClickHouseSpanExporter"]
+__all__ = ["ClickHouseSpanExporter", "Feeds"]
 
 log = logging.getLogger("meshtap.capture")
+
+
+class Feeds(Protocol):
+    """Where the capture's records go: its batch writer, a thread or a process of its own."""
+
+    def submit(self, feed: str, items: Sequence[Any]) -> int:
+        """Take ``items`` of the named feed (``_rows.FEEDS``); how many were accepted."""
+        ...
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until what was submitted is written or spooled."""
+        ...
 
 
 class ClickHouseSpanExporter(SpanExporter):
@@ -41,16 +51,15 @@ class ClickHouseSpanExporter(SpanExporter):
     (or spooled) what it holds.
     """
 
-    def __init__(self, writer: BatchWriter, converter: RowConverter) -> None:
+    def __init__(self, writer: Feeds) -> None:
         self._writer = writer
-        self._converter = converter
         self._shutdown = threading.Event()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown.is_set():
             return SpanExportResult.FAILURE
         try:
-            accepted = self._writer.submit(SPANS.table, spans, self._converter.readable_span_row)
+            accepted = self._writer.submit("sdk_span", spans)
         except Exception:  # the contract: an exporter never raises into the SDK
             log.exception("capture: exporting %d spans failed", len(spans))
             return SpanExportResult.FAILURE

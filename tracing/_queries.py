@@ -39,7 +39,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from runtime._topics import compile_pattern
+from runtime import compile_pattern
 from tracing._read_models import (
     DeliveryAttempt,
     EventRow,
@@ -71,8 +71,13 @@ __all__ = [
     "MAX_TRACE_DELIVERIES",
     "MAX_TRACE_EVENTS",
     "MAX_TRACE_SPANS",
+    "count_events_in_window",
     "delivery_history",
+    "events_by_id",
     "events_in_window",
+    "events_of_replay",
+    "events_of_traces",
+    "replayed_event_ids",
     "search_traces",
     "topic_map",
     "trace_by_id",
@@ -305,6 +310,74 @@ _EVENT_HAS_ATTRIBUTES = """
 
 EVENTS_IN_SLICE = _EVENTS_IN_SLICE_TEMPLATE.format(attributes="")
 EVENTS_IN_SLICE_WITH_ATTRIBUTES = _EVENTS_IN_SLICE_TEMPLATE.format(attributes=_EVENT_HAS_ATTRIBUTES)
+
+# --- events by id, by trace, replayed ---------------------------------------------------------
+
+# events ORDER BY (topic, published_ns, event_id): `topic IN (...)` and the window read only
+# those topics' granules of the window; the id list narrows them further (PREWHERE).
+EVENTS_BY_ID = f"""
+SELECT {_EVENT_COLUMNS}
+FROM meshtap.events
+PREWHERE event_id IN %(event_ids)s
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s AND published_at <= %(until_at)s
+  AND published_ns >= %(since_ns)s AND published_ns < %(until_ns)s
+ORDER BY published_ns, event_id, topic
+LIMIT 1 BY published_ns, event_id, topic
+LIMIT %(limit)s
+"""
+
+# events_by_trace ORDER BY (trace_id, published_ns) yields the keys of the traces' events (a
+# granule or two per trace and part); events is then read by those whole keys, as TRACE_EVENTS.
+EVENTS_OF_TRACES = f"""
+SELECT {_EVENT_COLUMNS}
+FROM meshtap.events
+WHERE (topic, published_ns, event_id) IN (
+        SELECT topic, published_ns, event_id
+        FROM meshtap.events_by_trace
+        WHERE trace_id IN %(trace_ids)s
+          AND published_at >= %(since_at)s AND published_at <= %(until_at)s
+          AND published_ns >= %(since_ns)s AND published_ns < %(until_ns)s)
+  AND topic IN %(topics)s
+ORDER BY published_ns, event_id, topic
+LIMIT 1 BY published_ns, event_id, topic
+LIMIT %(limit)s
+"""
+
+# events ORDER BY (topic, published_ns, ...): the replay's target topics from its start on.
+REPLAYED_EVENT_IDS = """
+SELECT DISTINCT event_id
+FROM meshtap.events
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s
+  AND published_ns >= %(since_ns)s
+  AND replay_id = %(replay_id)s
+LIMIT %(limit)s
+"""
+
+# events ORDER BY (topic, published_ns, ...): as REPLAYED_EVENT_IDS, whole rows, in order.
+REPLAYED_EVENTS = f"""
+SELECT {_EVENT_COLUMNS}
+FROM meshtap.events
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s
+  AND published_ns >= %(since_ns)s
+  AND replay_id = %(replay_id)s
+ORDER BY published_ns, event_id, topic
+LIMIT 1 BY published_ns, event_id, topic
+LIMIT %(limit)s
+"""
+
+# events ORDER BY (topic, published_ns, ...): as the slices of EVENTS_IN_SLICE, counted.
+_COUNT_TEMPLATE = """
+SELECT count()
+FROM meshtap.events
+PREWHERE published_ns >= %(since_ns)s AND published_ns < %(until_ns)s
+WHERE topic IN %(topics)s
+  AND published_at >= %(since_at)s AND published_at <= %(until_at)s{attributes}
+"""
+COUNT_EVENTS_IN_WINDOW = _COUNT_TEMPLATE.format(attributes="")
+COUNT_EVENTS_IN_WINDOW_WITH_ATTRIBUTES = _COUNT_TEMPLATE.format(attributes=_EVENT_HAS_ATTRIBUTES)
 
 # --- topic map --------------------------------------------------------------------------------
 
@@ -839,6 +912,125 @@ def _resolve_topics(
             f"time range; use narrower patterns or a shorter range"
         )
     return tuple(sorted(found))
+
+
+# --- events by id / by trace / replayed --------------------------------------------------------
+
+MAX_LOOKUP_IDS: Final = 100_000
+"""Ids one :func:`events_by_id` / :func:`events_of_traces` call takes."""
+
+
+def _ids(values: Sequence[str], what: str, check: Any = None) -> tuple[str, ...]:
+    if isinstance(values, str) or not all(isinstance(v, str) and v for v in values):
+        raise InvalidQuery(f"{what} must be a list of non-empty strings, got {values!r:.80}")
+    found = tuple(sorted(set(values if check is None else (check(v) for v in values))))
+    if not found or len(found) > MAX_LOOKUP_IDS:
+        raise InvalidQuery(
+            f"{what}: {len(found)} given; pass from 1 to {MAX_LOOKUP_IDS} (split larger lists)"
+        )
+    return found
+
+
+def events_by_id(
+    client: ClickHouse, window: EventWindow, event_ids: Sequence[str]
+) -> list[EventRow]:
+    """The recorded events of ``window`` whose CloudEvent id is one of ``event_ids``, in
+    publish order (an id on two topics comes once per topic). ``window.attributes`` also
+    apply."""
+    ids = _ids(event_ids, "event ids")
+    topics = _resolve_topics(client, window.topics, window.since_ns, window.until_ns)
+    if not topics:
+        return []
+    params = {
+        **_window_params(window.since_ns, window.until_ns),
+        "event_ids": ids,
+        "topics": topics,
+        "limit": MAX_BATCH_SIZE,
+    }
+    rows = client.execute(EVENTS_BY_ID, params, purpose=Purpose.QUERY, bytes_columns={"data"})
+    return [e for e in map(_event, rows) if _has_attributes(e, window.attributes)]
+
+
+def events_of_traces(
+    client: ClickHouse, window: EventWindow, trace_ids: Sequence[str]
+) -> list[EventRow]:
+    """The recorded events of ``window`` carried by the traces ``trace_ids``, in publish
+    order, by the trace-id lookup table (no scan). ``window.attributes`` also apply."""
+    ids = _ids(trace_ids, "trace ids", _checked_trace_id)
+    topics = _resolve_topics(client, window.topics, window.since_ns, window.until_ns)
+    if not topics:
+        return []
+    params = {
+        **_window_params(window.since_ns, window.until_ns),
+        "trace_ids": ids,
+        "topics": topics,
+        "limit": MAX_BATCH_SIZE,
+    }
+    rows = client.execute(EVENTS_OF_TRACES, params, purpose=Purpose.QUERY, bytes_columns={"data"})
+    return [e for e in map(_event, rows) if _has_attributes(e, window.attributes)]
+
+
+def count_events_in_window(client: ClickHouse, window: EventWindow) -> int:
+    """How many events :func:`events_in_window` yields for ``window`` -- at most: one
+    aggregate query, no rows moved; a row recorded twice (a replayed spool batch) counts
+    twice. Replay uses it as a cheap bound before streaming a window."""
+    if not isinstance(window, EventWindow):
+        raise InvalidQuery(f"expected an EventWindow, got {type(window).__name__}")
+    topics = _resolve_topics(client, window.topics, window.since_ns, window.until_ns)
+    if not topics:
+        return 0
+    params: dict[str, Any] = {**_window_params(window.since_ns, window.until_ns), "topics": topics}
+    query = COUNT_EVENTS_IN_WINDOW
+    if window.attributes:
+        query = COUNT_EVENTS_IN_WINDOW_WITH_ATTRIBUTES
+        params["attributes"] = [f"{k}\0{v}" for k, v in window.attributes]
+    return int(client.execute(query, params, purpose=Purpose.QUERY)[0][0])
+
+
+def _has_attributes(event: EventRow, wanted: Sequence[tuple[str, str]]) -> bool:
+    if not wanted:
+        return True
+    have = event.attributes()
+    return all(have.get(k) == v for k, v in wanted)
+
+
+def replayed_event_ids(
+    client: ClickHouse, replay_id: str, topics: Sequence[str], since_ns: int
+) -> set[str]:
+    """Ids of the events recorded with ``replay_id`` on ``topics`` since ``since_ns``: what a
+    replay already got into a mesh whose capture writes here (its resume skips them)."""
+    if not isinstance(replay_id, str) or not replay_id:
+        raise InvalidQuery(f"replay id {replay_id!r} must be a non-empty string")
+    if not topics:
+        return set()
+    params = {
+        "topics": tuple(sorted(set(topics))),
+        "since_ns": max(0, since_ns),
+        "since_at": _at(since_ns),
+        "replay_id": replay_id,
+        "limit": 10 * MAX_LOOKUP_IDS,
+    }
+    return {str(r[0]) for r in client.execute(REPLAYED_EVENT_IDS, params, purpose=Purpose.QUERY)}
+
+
+def events_of_replay(
+    client: ClickHouse, replay_id: str, topics: Sequence[str], since_ns: int
+) -> list[EventRow]:
+    """The events recorded with ``replay_id`` on ``topics`` since ``since_ns``, in publish
+    order (at most :data:`MAX_BATCH_SIZE`): a replay's events as the target mesh took them."""
+    if not isinstance(replay_id, str) or not replay_id:
+        raise InvalidQuery(f"replay id {replay_id!r} must be a non-empty string")
+    if not topics:
+        return []
+    params = {
+        "topics": tuple(sorted(set(topics))),
+        "since_ns": max(0, since_ns),
+        "since_at": _at(since_ns),
+        "replay_id": replay_id,
+        "limit": MAX_BATCH_SIZE,
+    }
+    rows = client.execute(REPLAYED_EVENTS, params, purpose=Purpose.QUERY, bytes_columns={"data"})
+    return [_event(row) for row in rows]
 
 
 # --- delivery_history -------------------------------------------------------------------------

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Generic, TypeVar
 
-from runtime import InvalidTopic
-from runtime._topics import validate_pattern
+from runtime import InvalidTopic, validate_pattern
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -12,7 +12,7 @@ query and file write:
   writing it. So the caller pays an append per call, not a conversion per record -- redacting
   a large JSON payload never runs on the event loop -- and a record that cannot be converted
   is counted and logged (reason ``unconvertible``), never raised to the caller.
-* **Batches.** A table's buffer is written when it holds ``batch_rows`` rows (5,000), when its
+* **Batches.** A table's buffer is written when it holds ``batch_rows`` rows (20,000), when its
   oldest row is ``max_age_s`` old (250 ms), on :meth:`~BatchWriter.flush` and on
   :meth:`~BatchWriter.close`; each batch is one columnar ``ClickHouse.insert``.
 * **Spool.** When an insert raises :class:`ClickhouseUnavailable` (or the schema has gone
@@ -88,7 +88,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from tracing._rows import Row, TableSpec
+from tracing._rows import Columns, Row, TableSpec, columns_of, rows_of
 from tracing.clickhouse import (
     ClickHouse,
     ClickhouseError,
@@ -108,6 +108,7 @@ __all__ = [
     "SpoolFormatError",
     "decode_spool",
     "encode_spool",
+    "encode_spool_columns",
     "read_spool_header",
     "spooled_rows",
 ]
@@ -137,6 +138,7 @@ _LOOKUP_CHARS: Final = 40_000
 _LOOKUP_VALUES: Final = 2_000
 _MISSING_SCHEMA_CODES: Final = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 _DROP_LOG_INTERVAL_S: Final = 10.0
+_OUTAGE_LOG_INTERVAL_S: Final = 60.0
 
 _INSERT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -201,10 +203,19 @@ def _encode_column(kind: str, values: Sequence[Any], out: list[bytes]) -> None:
 
 def encode_spool(spec: TableSpec, rows: Sequence[Row], *, created_ns: int, writer: str) -> bytes:
     """One spool file's bytes for ``rows`` of ``spec``'s table (format in the module docstring)."""
-    times = [row[spec.time_index] for row in rows]
+    return encode_spool_columns(
+        spec, columns_of(rows, len(spec.columns)), created_ns=created_ns, writer=writer
+    )
+
+
+def encode_spool_columns(
+    spec: TableSpec, columns: Sequence[Sequence[Any]], *, created_ns: int, writer: str
+) -> bytes:
+    """:func:`encode_spool` for a batch given column by column."""
+    times = columns[spec.time_index]
     header = {
         "table": spec.table,
-        "rows": len(rows),
+        "rows": len(times),
         "columns": [[name, kind] for name, kind in zip(spec.columns, spec.kinds, strict=True)],
         "lo_ns": min(times) if times else 0,
         "hi_ns": max(times) if times else 0,
@@ -213,7 +224,6 @@ def encode_spool(spec: TableSpec, rows: Sequence[Row], *, created_ns: int, write
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     out = [_PREAMBLE.pack(SPOOL_MAGIC, SPOOL_VERSION, len(header_bytes)), header_bytes]
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in spec.columns]
     for kind, values in zip(spec.kinds, columns, strict=True):
         _encode_column(kind, values, out)
     body = b"".join(out)
@@ -504,12 +514,20 @@ class _Throttle:
         self._lock = threading.Lock()
 
     def error(self, kind: str, message: str, *args: object) -> None:
+        self.log(logging.ERROR, kind, message, *args)
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(kind, -math.inf) < self._interval:
                 return
             self._last[kind] = now
-        log.error(message, *args)
+        log.log(level, message, *args)
+
+    def mark(self, kind: str) -> None:
+        """Count now as the last time ``kind`` was logged (it was, by other means)."""
+        with self._lock:
+            self._last[kind] = time.monotonic()
 
 
 class _DropLog:
@@ -549,13 +567,33 @@ class _DropLog:
 # --- the writer ---------------------------------------------------------------------------------
 
 
-Convert = Callable[[Any], Row]
+Convert = Callable[[list[Any]], Columns]
+"""Turns a batch of submitted items into its table's columns (a pure function)."""
 
 
-def _as_row(item: Any) -> Row:
-    """The converter of items that are rows already."""
-    row: Row = item
-    return row
+def _as_row(items: list[Any]) -> Columns:
+    """The converter of items that are rows already (marker: the writer transposes them)."""
+    raise AssertionError("the writer handles row items itself")
+
+
+def _as_columns(items: list[Any]) -> Columns:
+    """The converter of a ``_ColumnBatch`` (marker: converted before it was submitted)."""
+    raise AssertionError("the writer handles column batches itself")
+
+
+class _ColumnBatch:
+    """Rows converted already, column by column; sliced by rows like a list of records."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Columns) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, index: slice) -> _ColumnBatch:
+        return _ColumnBatch([values[index] for values in self.columns])
 
 
 @dataclass(slots=True)
@@ -615,7 +653,7 @@ class BatchWriter:
         spool_dir: str | os.PathLike[str],
         *,
         max_buffered: int,
-        batch_rows: int = 5_000,
+        batch_rows: int = 20_000,
         max_age_s: float = 0.25,
     ) -> None:
         self._specs = dict(specs)
@@ -633,7 +671,7 @@ class BatchWriter:
         self._spooled: dict[str, int] = dict.fromkeys(self._specs, 0)
         self._spooled_total = 0
         self._client: ClickHouse | None = None
-        self._verify: Callable[[ClickHouse], None] | None = None
+        self._verify: Callable[[ClickHouse], object] | None = None
         self._verified = True
         self._up = True
         self._failures = 0
@@ -650,6 +688,8 @@ class BatchWriter:
         self._writer_id = f"{socket.gethostname()}/{os.getpid()}"
         self._drops = _DropLog()
         self._problems = _Throttle()
+        self._outage = _Throttle(_OUTAGE_LOG_INTERVAL_S)
+        self._down_since = 0.0
         self.metrics = CaptureMetrics(tuple(self._specs), self._state)
 
     # -- the calling side (any thread; never blocks on I/O, never raises) ----------------------
@@ -659,11 +699,20 @@ class BatchWriter:
         return self._spool_dir
 
     def submit(self, table: str, items: Sequence[Any], convert: Convert = _as_row) -> int:
-        """Take ``items`` for ``table``, each to become one row by ``convert`` (a pure function,
-        called later on the writer thread; the default takes items that are rows already).
+        """Take ``items`` for ``table``, each to become one row: ``convert`` (a pure function,
+        called later on the writer thread) turns a batch of them into the table's columns; the
+        default takes items that are rows already.
         Returns how many were accepted; the rest are dropped, counted and logged (the hard
         bound, or the writer is closed)."""
-        count = len(items)
+        return self._append(table, len(items), lambda n: (convert, list(items[:n])))
+
+    def submit_columns(self, table: str, columns: Columns) -> int:
+        """``submit`` for rows converted already (``convert``), e.g. by the thread that
+        received them, so that converting the next batch overlaps this one's insert."""
+        batch = _ColumnBatch(columns)
+        return self._append(table, len(batch), lambda n: (_as_columns, batch[:n]))
+
+    def _append(self, table: str, count: int, chunk: Callable[[int], tuple[Convert, Any]]) -> int:
         if not count:
             return 0
         with self._lock:
@@ -677,7 +726,7 @@ class BatchWriter:
                     if not buffer.count:
                         buffer.oldest = time.monotonic()
                         self._wake.notify()
-                    buffer.chunks.append((convert, list(items[:accepted])))
+                    buffer.chunks.append(chunk(accepted))
                     buffer.count += accepted
                     self._memory += accepted
                     if buffer.count >= self._batch_rows:
@@ -714,7 +763,7 @@ class BatchWriter:
         client: ClickHouse,
         *,
         available: bool = True,
-        verify: Callable[[ClickHouse], None] | None = None,
+        verify: Callable[[ClickHouse], object] | None = None,
     ) -> None:
         """Start writing through ``client`` (blocking: reads the spool directory).
 
@@ -732,6 +781,7 @@ class BatchWriter:
         self._verified = available or verify is None
         if not available:
             self._up = False
+            self._down_since = time.monotonic()
             self._failures = 1
             self._retry_at = time.monotonic() + _BACKOFF_BASE_S
         self._thread = threading.Thread(
@@ -779,6 +829,12 @@ class BatchWriter:
 
     # -- the writer thread ---------------------------------------------------------------------
 
+    def held(self) -> tuple[dict[str, int], int]:
+        """``(records in memory by table, rows in the spool)``: what counts against
+        ``max_buffered``."""
+        with self._lock:
+            return self._state()[0], self._spooled_total
+
     def _state(self) -> tuple[dict[str, int], dict[str, int], bool]:
         buffered = {table: buffer.count for table, buffer in self._buffers.items()}
         inflight = self._inflight
@@ -820,23 +876,42 @@ class BatchWriter:
             self._write(work, self._convert(work, chunks), count)
         return True
 
-    def _convert(self, table: str, chunks: list[tuple[Convert, list[Any]]]) -> list[Row]:
-        """Rows of the chunks' records; a record that will not convert is dropped, counted."""
-        rows: list[Row] = []
-        for convert, items in chunks:
-            if convert is _as_row:
-                rows += items
-                continue
+    def convert(self, table: str, convert: Convert, items: list[Any]) -> Columns:
+        """``convert(items)``; when that fails, record by record: a record that will not
+        convert is dropped, counted (reason ``unconvertible``) and logged."""
+        try:
+            return convert(items)
+        except Exception:  # find the culprit(s)
+            pass
+        out: Columns = [[] for _ in self._specs[table].columns]
+        for item in items:
             try:
-                rows += [convert(item) for item in items]
+                columns = convert([item])
             except Exception:
-                for item in items:
-                    try:
-                        rows.append(convert(item))
-                    except Exception:
-                        log.exception("capture: cannot convert a %s record; dropped", table)
-                        self.drop(table, 1, "unconvertible")
-        return rows
+                log.exception("capture: cannot convert a %s record; dropped", table)
+                self.drop(table, 1, "unconvertible")
+                continue
+            for into, values in zip(out, columns, strict=True):
+                into += values
+        return out
+
+    def _convert(self, table: str, chunks: list[tuple[Convert, Any]]) -> Columns:
+        """Columns of the chunks' records (see ``convert``)."""
+        width = len(self._specs[table].columns)
+        out: Columns = [[] for _ in range(width)]
+        for convert, items in chunks:
+            columns: Columns
+            if convert is _as_columns:
+                columns = items.columns
+            elif convert is _as_row:
+                columns = columns_of(items, width)
+            else:
+                columns = self.convert(table, convert, items)
+            if len(chunks) == 1:
+                return columns
+            for into, values in zip(out, columns, strict=True):
+                into += values
+        return out
 
     def _next_work(self, now: float) -> str | None:
         """Under the lock: a table whose batch is due, ``replay``, ``exit`` or None (wait)."""
@@ -876,9 +951,9 @@ class BatchWriter:
             return False
         return now >= self._retry_at
 
-    def _write(self, table: str, rows: list[Row], count: int) -> None:
-        """Insert one batch (``count`` records taken, ``rows`` their rows), else spool it."""
-        if not rows:
+    def _write(self, table: str, rows: Columns, count: int) -> None:
+        """Insert one batch (``count`` records taken, ``rows`` their columns), else spool it."""
+        if not rows[0]:
             self._finish_inflight(count)
             return
         if self._may_call():
@@ -901,14 +976,13 @@ class BatchWriter:
                 return
         self._spool_batch(table, rows, count)
 
-    def _insert(self, table: str, rows: Sequence[Row]) -> None:
+    def _insert(self, table: str, columns: Columns) -> None:
         assert self._client is not None
         spec = self._specs[table]
-        columns = list(zip(*rows, strict=True))
         started = time.perf_counter()
         self._client.insert(table, spec.columns, columns)
         self.metrics.insert_seconds.labels(table).observe(time.perf_counter() - started)
-        self.metrics.written.labels(table).inc(len(rows))
+        self.metrics.written.labels(table).inc(len(columns[0]))
 
     def _ensure_verified(self) -> None:
         if not self._verified and self._verify is not None and self._client is not None:
@@ -951,8 +1025,22 @@ class BatchWriter:
                 error,
                 self._spool_dir,
             )
+            self._down_since = time.monotonic()
+            self._outage.mark("down")
         elif isinstance(error, SchemaNotMigrated):
             self._problems.error("schema", "capture: still spooling: %s", error)
+        else:  # one line a minute while it lasts, instead of one per retry
+            self._outage.log(
+                logging.WARNING,
+                "down",
+                "capture: ClickHouse still unreachable after %.0f s and %d attempts (%s); "
+                "%d rows wait in the spool %s",
+                time.monotonic() - self._down_since,
+                self._failures,
+                error,
+                self._spooled_total,
+                self._spool_dir,
+            )
         self._up = False
 
     # -- the spool
@@ -960,10 +1048,12 @@ class BatchWriter:
     def _spool_name(self, table: str) -> str:
         return f"{time.time_ns():020d}-{os.getpid()}-{next(self._seq) % 1_000_000:06d}.{table}"
 
-    def _spool_batch(self, table: str, rows: list[Row], count: int) -> None:
+    def _spool_batch(self, table: str, columns: Columns, count: int) -> None:
         spec = self._specs[table]
         try:
-            data = encode_spool(spec, rows, created_ns=time.time_ns(), writer=self._writer_id)
+            data = encode_spool_columns(
+                spec, columns, created_ns=time.time_ns(), writer=self._writer_id
+            )
             path = _write_atomically(self._spool_dir, self._spool_name(table) + SPOOL_SUFFIX, data)
         except OSError as e:
             self._problems.error(
@@ -977,22 +1067,24 @@ class BatchWriter:
                 if self._closing:
                     self._memory -= count
                 else:  # keep them in memory (still inside the bound) and try again in a while
+                    kept = rows_of(columns)
                     buffer = self._buffers[table]
-                    buffer.chunks.appendleft((_as_row, rows))
-                    buffer.count += len(rows)
+                    buffer.chunks.appendleft((_as_row, kept))
+                    buffer.count += len(kept)
                     buffer.oldest = time.monotonic()
-                    self._memory -= count - len(rows)
+                    self._memory -= count - len(kept)
                     self._stall_until = time.monotonic() + _BACKOFF_MAX_S
             if self._closing:
-                self.drop(table, len(rows), "spool_failed")
+                self.drop(table, len(columns[0]), "spool_failed")
             return
+        rows = len(columns[0])
         with self._lock:
             self._inflight = None
             self._memory -= count
-            self._spool.append(_SpoolEntry(path, table, len(rows)))
-            self._spooled[table] += len(rows)
-            self._spooled_total += len(rows)
-        self.metrics.spooled.labels(table).inc(len(rows))
+            self._spool.append(_SpoolEntry(path, table, rows))
+            self._spooled[table] += rows
+            self._spooled_total += rows
+        self.metrics.spooled.labels(table).inc(rows)
 
     def _spool_leftovers(self, *, include_inflight: bool) -> None:
         """At close: rows still in memory go to the spool, written from the calling thread."""
@@ -1010,23 +1102,24 @@ class BatchWriter:
         if batches:
             with contextlib.suppress(OSError):
                 self._spool_dir.mkdir(parents=True, exist_ok=True)
-        for table, rows in batches:
+        for table, columns in batches:
             spec = self._specs[table]
-            for start in range(0, len(rows), self._batch_rows):
-                chunk = rows[start : start + self._batch_rows]
+            for start in range(0, len(columns[0]), self._batch_rows):
+                chunk = [values[start : start + self._batch_rows] for values in columns]
+                rows = len(chunk[0])
                 try:
-                    data = encode_spool(
+                    data = encode_spool_columns(
                         spec, chunk, created_ns=time.time_ns(), writer=self._writer_id
                     )
                     _write_atomically(self._spool_dir, self._spool_name(table) + SPOOL_SUFFIX, data)
                 except OSError as e:
-                    log.error("capture: cannot spool %d %s rows at close: %s", len(chunk), table, e)
-                    self.drop(table, len(chunk), "spool_failed")
+                    log.error("capture: cannot spool %d %s rows at close: %s", rows, table, e)
+                    self.drop(table, rows, "spool_failed")
                     continue
                 with self._lock:
-                    self._spooled[table] += len(chunk)
-                    self._spooled_total += len(chunk)
-                self.metrics.spooled.labels(table).inc(len(chunk))
+                    self._spooled[table] += rows
+                    self._spooled_total += rows
+                self.metrics.spooled.labels(table).inc(rows)
 
     def _load_spool(self) -> None:
         """Find the batches a previous run (or a crashed process) left in the spool."""
@@ -1087,13 +1180,14 @@ class BatchWriter:
         if rows:
             self.drop(table, rows, "rejected")
 
-    def _reject(self, table: str, rows: list[Row], count: int, error: BaseException) -> None:
+    def _reject(self, table: str, columns: Columns, count: int, error: BaseException) -> None:
         """ClickHouse refused a fresh batch for good: keep it aside, count it dropped."""
         rejected = self._spool_dir / REJECTED_DIR
+        rows = len(columns[0])
         try:
             rejected.mkdir(parents=True, exist_ok=True)
-            data = encode_spool(
-                self._specs[table], rows, created_ns=time.time_ns(), writer=self._writer_id
+            data = encode_spool_columns(
+                self._specs[table], columns, created_ns=time.time_ns(), writer=self._writer_id
             )
             path = _write_atomically(rejected, self._spool_name(table) + SPOOL_SUFFIX, data)
             where = f"kept in {path}"
@@ -1101,13 +1195,13 @@ class BatchWriter:
             where = f"could not be kept ({e})"
         log.error(
             "capture: ClickHouse refused a batch of %d %s rows: %s; %s",
-            len(rows),
+            rows,
             table,
             error,
             where,
         )
         self._finish_inflight(count)
-        self.drop(table, len(rows), "rejected")
+        self.drop(table, rows, "rejected")
 
     def _replay(self) -> None:
         """Write spooled batches, oldest first, until the spool is empty, ClickHouse fails,
@@ -1161,7 +1255,8 @@ class BatchWriter:
                 self._ensure_verified()
                 missing = self._missing_rows(self._specs[batch.table], batch.rows)
                 if missing:
-                    self._insert(batch.table, missing)
+                    spec = self._specs[batch.table]
+                    self._insert(batch.table, columns_of(missing, len(spec.columns)))
             except _RETRYABLE as e:
                 self._failed(e)
                 return False

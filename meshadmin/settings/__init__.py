@@ -76,3 +76,12 @@ MESHTAP_RUNTIME_URL = os.environ.get("MESHTAP_RUNTIME_URL", "http://127.0.0.1:10
 MESHTAP_CLICKHOUSE_URL = os.environ.get(
     "MESHTAP_CLICKHOUSE_URL", f"chdb://{VAR_DIR.resolve() / 'chdb'}"
 )
+
+# Celery (meshadmin/celery.py): in-process memory transport by default, Redis in server mode.
+CELERY_BROKER_URL = os.environ.get("MESHTAP_CELERY_BROKER_URL", "memory://")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# Where replay keeps the spool of its own spans (replay spans linked to the originals).
+MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))

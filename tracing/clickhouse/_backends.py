@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import struct
@@ -150,6 +151,27 @@ def _clean_server_message(message: str) -> str:
 # --- clickhouse-server over the native protocol ---------------------------------------------
 
 
+class _QuietReconnects(logging.Filter):
+    """Drops clickhouse-driver's own warnings about a server it cannot reach -- a traceback per
+    failed connect, a line per failed ping or lost connection -- which repeat on every retry
+    while ClickHouse is down. The same failure reaches the caller as ``ClickhouseUnavailable``
+    (which says what to check), and the capture logs it once when it starts spooling and then
+    every minute."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_DRIVER_NOISE)
+
+
+_DRIVER_NOISE = ("Failed to connect", "Error on ", "Connection was closed")
+_QUIET = _QuietReconnects()
+
+
+def _quiet_driver_logs() -> None:
+    logger = logging.getLogger("clickhouse_driver.connection")
+    if _QUIET not in logger.filters:
+        logger.addFilter(_QUIET)
+
+
 class ServerBackend(Backend):
     kind = "server"
 
@@ -171,6 +193,7 @@ class ServerBackend(Backend):
         self._locks = {purpose: threading.Lock() for purpose in Purpose}
         self.description = f"clickhouse-server at {host}:{port}"
         self.address = (host, port)
+        _quiet_driver_logs()
 
     def _client(self, purpose: Purpose) -> Any:
         client = self._clients.get(purpose)
