@@ -51,7 +51,11 @@ How the Redis guarantees map, and where they differ (and why):
   caller gets StoreUnavailable, so its retry may duplicate that prefix (at-least-once).
 * **Retention.** `trim` purges a topic's stream below the lowest ack floor of its consumers and
   the cutoff, exactly (Redis trims whole nodes, approximately).
-* **Durability** is JetStream's file storage (fsync by the server's `sync_interval`).
+* **Durability** is JetStream's file storage: an acknowledged publish survives a nats-server
+  crash (SIGKILL, tested); surviving a power cut depends on the server's fsync settings
+  (`sync_interval` / `sync_always` from nats-server 2.10).
+* **Consumer names.** Redis registers every runtime instance as a consumer and the store prunes
+  idle ones; JetStream pull requests are anonymous, so nothing piles up and `consumer` is unused.
 
 While the server is unreachable every call fails at once with `StoreUnavailable` (a publish gets
 a fast 503); the client reconnects by itself, and a store that could not connect at start-up
