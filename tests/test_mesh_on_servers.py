@@ -260,7 +260,9 @@ async def test_broker_restart_during_a_publish_and_deliver_stream_loses_nothing_
     fresh_server: Server,
 ) -> None:
     """Publishers keep publishing while the broker is killed and restarted: every event that
-    got a 200 is delivered; events refused with 503 were never accepted."""
+    got a 200 is delivered. A 503 means "not accepted, retry": for a publish in flight at the
+    moment of the crash the broker may have stored it before the reply was lost, so such an
+    event may still be delivered (at-least-once), but nothing that was never sent is."""
     sink = await RecordingSink().start()
     accepted: list[str] = []
     refused: list[str] = []
@@ -293,8 +295,8 @@ async def test_broker_restart_during_a_publish_and_deliver_stream_loses_nothing_
             await wait_until(
                 lambda: set(sink.ids()) >= set(accepted), timeout=30, what="all accepted events"
             )
-        assert not set(refused) & set(sink.ids())  # a 503 means it was never stored
-        assert set(sink.ids()) == set(accepted)
+        assert set(sink.ids()) >= set(accepted)
+        assert set(sink.ids()) <= set(accepted) | set(refused)
     finally:
         stop.set()
         await sink.stop()

@@ -233,7 +233,7 @@ class NatsStore:
     def _unavailable(self, e: BaseException | None) -> StoreUnavailable:
         why = f" ({type(e).__name__}: {e})" if e is not None and str(e) else ""
         return StoreUnavailable(
-            f"NATS at {self._where()} is unreachable{why}; nothing was stored, retry later"
+            f"NATS at {self._where()} is unreachable{why}; nothing was accepted, retry later"
         )
 
     async def _call(self, awaitable: Awaitable[T]) -> T:

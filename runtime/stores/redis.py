@@ -124,7 +124,7 @@ class RedisStore:
             return await awaitable
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
             raise StoreUnavailable(
-                f"Redis at {self._where()} is unreachable ({e}); nothing was stored, retry later"
+                f"Redis at {self._where()} is unreachable ({e}); nothing was accepted, retry later"
             ) from e
         except redis_errors.BusyLoadingError as e:
             raise StoreUnavailable(
