@@ -1,8 +1,8 @@
-"""gRPC end to end on Redis: batch publish over gRPC -> stream delivery, beside raw redis-py.
+"""gRPC end to end on Redis or NATS: batch publish -> stream delivery, beside the raw client.
 
-    .venv/bin/python bench/grpc_throughput.py [--events 30000] [--quick]
+    .venv/bin/python bench/grpc_throughput.py [--broker redis|nats] [--events 30000] [--quick]
 
-What it measures (one consumer group, one `subscribeStream` subscriber, Redis store):
+What it measures (one consumer group, one `subscribeStream` subscriber, Redis or NATS store):
 
 * acked stream: producers call `PublisherService.batchPublish` (100 events per call, 4 calls
   in flight); the subscriber uses the SDK (`AsyncMeshClient.subscribe`, automatic explicit acks)
@@ -13,11 +13,13 @@ What it measures (one consumer group, one `subscribeStream` subscriber, Redis st
 * unacked stream: the same with an EventMesh-style stream (no `ackmode`: an event counts as
   delivered once written to the stream), read with raw grpc.
 
-Baseline, same Redis, same machine, same run: raw redis-py doing the store work underneath
-(pipelined XADD x100, XREADGROUP, XACK), no gRPC, no CloudEvents.
+Baseline, same broker, same machine, same run: its raw client doing the store work underneath,
+no gRPC, no CloudEvents -- redis-py (pipelined XADD x100, XREADGROUP, XACK), or with
+`--broker nats` nats-py JetStream (async publish x100, pull fetch, ack).
 
 The runtime runs as its own process (`python -m runtime --store redis://... --grpc-port N`);
-producers and the subscriber run in this process; Redis is a fresh `redis-server` on a free port.
+producers and the subscriber run in this process; the broker is a fresh `redis-server` or
+`nats-server -js` on a free port.
 Figures are printed, not asserted: shared machines are noisy, compare the columns of one run.
 """
 
@@ -35,12 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.runtime_throughput import Result, raw_redis, row  # noqa: E402
+from bench.runtime_throughput import Result, raw_nats, raw_redis, row  # noqa: E402
 from runtime._grpc_codec import string_attribute  # noqa: E402
 from runtime.client import AsyncMeshClient, new_event  # noqa: E402
 from tests.grpc_stubs import Api, subscription  # noqa: E402
 from tests.meshes import RuntimeProcess, free_port  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from tests.servers import NatsServer, RedisServer, Server  # noqa: E402
 
 BATCH = 100
 IN_FLIGHT = 4
@@ -153,28 +155,34 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--quick", action="store_true", help="small run to check the script")
+    parser.add_argument("--broker", choices=["redis", "nats"], default="redis")
     args = parser.parse_args()
     total = 2_000 if args.quick else args.events
+    nats_broker = args.broker == "nats"
 
     with tempfile.TemporaryDirectory() as tmp:
-        redis_server = RedisServer(Path(tmp)).start()
+        broker: Server = (NatsServer if nats_broker else RedisServer)(Path(tmp)).start()
         port = free_port()
         runtime = RuntimeProcess(
-            ["--store", redis_server.url, "--log-level", "WARNING", "--grpc-port", str(port)]
+            ["--store", broker.url, "--log-level", "WARNING", "--grpc-port", str(port)]
         )
         try:
             await runtime.start()
             target = f"127.0.0.1:{port}"
-            raw = await raw_redis(redis_server.url, total, BATCH, "raw XADD x100 pipelined")
+            if nats_broker:
+                raw = await raw_nats(broker.url, total, BATCH, "raw JetStream publish x100 async")
+            else:
+                raw = await raw_redis(broker.url, total, BATCH, "raw XADD x100 pipelined")
             acked = await bench_acked(target, "bench.acked", "acked", total)
             unacked = await bench_unacked(target, "bench.unacked", "unacked", total)
             paced = await bench_paced(target, "bench.paced", "paced", 5_000, 2 if args.quick else 5)
         finally:
             runtime.kill()
-            redis_server.stop()
+            broker.stop()
 
     print(
-        f"\n{platform.machine()}, Python {platform.python_version()}, {total:,} events, "
+        f"\n{platform.machine()}, Python {platform.python_version()}, {args.broker}, "
+        f"{total:,} events, "
         f"batches of {BATCH}, {IN_FLIGHT} batch calls in flight"
     )
     print(f"{'scenario':<40}{'events/s':>12}{'raw/s':>12}{'p50 ms':>10}{'p99 ms':>10}")

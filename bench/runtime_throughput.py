@@ -1,6 +1,6 @@
-"""End-to-end throughput and latency of the runtime on Redis, beside raw redis-py in the same run.
+"""Runtime throughput and latency end to end on a broker, beside its raw client in the same run.
 
-    .venv/bin/python bench/runtime_throughput.py [--events 20000] [--quick]
+    .venv/bin/python bench/runtime_throughput.py [--broker redis|nats] [--events 20000] [--quick]
 
 What it measures (publish -> delivery, one consumer group, one webhook subscriber):
 
@@ -8,12 +8,14 @@ What it measures (publish -> delivery, one consumer group, one webhook subscribe
 * single publish: publishes/s with one event per HTTP request (16 concurrent producers)
 * latency at a fixed 1,000 events/s: p50/p99 from publish to the subscriber receiving it
 
-Baseline, same Redis, same machine, same run: raw redis-py doing the work the runtime does
-underneath (XADD, XREADGROUP, XACK) with no HTTP, no CloudEvents and no webhook push.
+Baseline, same broker, same machine, same run: its raw client doing the work the runtime does
+underneath with no HTTP, no CloudEvents and no webhook push -- redis-py XADD, XREADGROUP, XACK on
+Redis; nats-py JetStream publish, pull-consumer fetch and ack on NATS (`--broker nats`).
 
-The runtime runs as its own process (`python -m runtime --store redis://...`); the producers and
-the subscriber run in this process; Redis is a fresh `redis-server` on a free port. Figures are
-printed, not asserted: shared machines are noisy, compare the columns of one run.
+The runtime runs as its own process (`python -m runtime --store redis://...` or `nats://...`);
+the producers and the subscriber run in this process; the broker is a fresh `redis-server` or
+`nats-server -js` on a free port. Figures are printed, not asserted: shared machines are noisy,
+compare the columns of one run.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import nats
 import redis.asyncio as aioredis
 from aiohttp import web
+from nats.js.api import AckPolicy, ConsumerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.meshes import RuntimeProcess  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from tests.servers import NatsServer, RedisServer, Server  # noqa: E402
 
 BATCH = 100
 
@@ -251,6 +255,56 @@ async def raw_redis(redis_url: str, total: int, batch: int, name: str) -> Result
     return Result(name, total, elapsed, latencies)
 
 
+# -- baseline: raw nats-py JetStream --------------------------------------------------------
+
+
+async def raw_nats(nats_url: str, total: int, batch: int, name: str) -> Result:
+    """JetStream publish (pipelined by `batch`, or one by one), pull fetch and ack."""
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    stream = f"RAW_{time.time_ns()}"
+    subject = f"raw.{stream}"
+    await js.add_stream(name=stream, subjects=[subject])
+    await js.add_consumer(
+        stream,
+        ConsumerConfig(durable_name="g", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=100_000),
+    )
+    pull = await js.pull_subscribe_bind("g", stream)
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def consumer() -> None:
+        while len(latencies) < total:
+            try:
+                msgs = await pull.fetch(256, timeout=0.5)
+            except TimeoutError:
+                continue
+            now = time.time_ns()
+            for msg in msgs:
+                latencies.append((now - int((msg.headers or {})["t"])) / 1e6)
+                await msg.ack()
+        done.set()
+
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer())
+    payload = json.dumps(_event(0)).encode()
+    for offset in range(0, total, batch):
+        if batch == 1:
+            await js.publish(subject, payload, headers={"t": str(time.time_ns())})
+            continue
+        acks = [
+            await js.publish_async(subject, payload, headers={"t": str(time.time_ns())})
+            for _ in range(min(batch, total - offset))
+        ]
+        await asyncio.gather(*acks)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await task
+    await js.delete_stream(stream)
+    await nc.close()
+    return Result(name, total, elapsed, latencies)
+
+
 def row(result: Result, baseline: Result | None) -> str:
     base = f"{baseline.rate:>12,.0f}" if baseline else f"{'':>12}"
     return (
@@ -269,12 +323,24 @@ async def main() -> None:
         action="append",
         help="run only these scenarios (repeatable)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=["redis", "nats"],
+        default="redis",
+        help="the store the runtime runs on (a fresh server of it is started)",
+    )
     args = parser.parse_args()
     total = 2_000 if args.quick else args.events
+    nats_broker = args.broker == "nats"
+    raw_batch = "raw JetStream publish x100 async" if nats_broker else "raw XADD x100 pipelined"
+    raw_single = "raw JetStream publish one by one" if nats_broker else "raw XADD one by one"
+
+    async def baseline(url: str, count: int, batch: int, name: str) -> Result:
+        return await (raw_nats if nats_broker else raw_redis)(url, count, batch, name)
 
     with tempfile.TemporaryDirectory() as tmp:
-        redis_server = RedisServer(Path(tmp)).start()
-        runtime = RuntimeProcess(["--store", redis_server.url, "--log-level", "WARNING"])
+        server: Server = (NatsServer if nats_broker else RedisServer)(Path(tmp)).start()
+        runtime = RuntimeProcess(["--store", server.url, "--log-level", "WARNING"])
         sub = Subscriber()
         try:
             await sub.start()
@@ -303,7 +369,7 @@ async def main() -> None:
             results = []
             only = set(args.only or ["batch", "single", "latency"])
             if "batch" in only:
-                raw = await raw_redis(redis_server.url, total, BATCH, "raw XADD x100 pipelined")
+                raw = await baseline(server.url, total, BATCH, raw_batch)
                 results.append(
                     (
                         await bench_batch(
@@ -330,7 +396,7 @@ async def main() -> None:
                 )
             if "single" in only:
                 single_total = max(1_000, total // 4)
-                raw = await raw_redis(redis_server.url, single_total, 1, "raw XADD one by one")
+                raw = await baseline(server.url, single_total, 1, raw_single)
                 results.append(
                     (
                         await bench_single(
@@ -369,17 +435,24 @@ async def main() -> None:
             await sub.stop()
             runtime.signal(__import__("signal").SIGTERM)
             await runtime.wait(30)
-            redis_server.close()
+            server.close()
 
     print()
-    redis_version = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=True
-    ).stdout.split()[2]
+    if nats_broker:
+        version = subprocess.run(
+            ["nats-server", "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        broker = f"nats-server {version} (JetStream, file storage)"
+    else:
+        version = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, check=True
+        ).stdout.split()[2]
+        broker = f"redis-server {version} (appendfsync always)"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}, redis-server {redis_version} (appendfsync always)"
+        f"{platform.python_version()}, {broker}"
     )
-    print(f"{'scenario':<34}{'events/s':>12}{'raw redis':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'scenario':<34}{'events/s':>12}{'raw client':>12}{'p50 ms':>10}{'p99 ms':>10}")
     shown = set()
     for result, baseline in results:
         print(row(result, baseline))

@@ -73,7 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--store",
         "store",
-        "where events, subscriptions and topics live: memory:// or redis://host:port/db",
+        "where events, subscriptions and topics live: memory://, redis://host:port/db (Redis "
+        "Streams) or nats://host:4222 (NATS JetStream)",
     ),
     Option(
         "--max-payload-bytes",

@@ -40,7 +40,7 @@ from runtime._streams import served_here
 from runtime._subscriptions import Subscription
 from runtime._topics import dlq_topic, is_internal
 from runtime._tracing import MeshTracing, attempt_ids, end_span, trace_headers
-from runtime.stores import EventRef, Store, StoredEvent
+from runtime.stores import EventRef, GroupBacklog, Store, StoredEvent
 from runtime.stores._base import offset_key
 
 log = logging.getLogger("meshtap.runtime.delivery")
@@ -262,7 +262,6 @@ class GroupWorker:
                     batch = await self._store.reclaim(
                         self.group_key, self._d.consumer, self.topics, settings.claim_idle_ms, room
                     )
-                    batch = [s for s in batch if s.ref not in self._tracked]
                 if len(batch) < room:
                     batch += await self._store.read(
                         self.group_key,
@@ -271,9 +270,17 @@ class GroupWorker:
                         room - len(batch),
                         0 if batch else settings.read_block_ms,
                     )
+                # Already being handled here: a store that redelivers on its own (JetStream)
+                # may hand an event out again while this instance still holds it.
+                batch = [s for s in batch if s.ref not in self._tracked]
                 backoff = 0.1
             except StoreUnavailable as e:
                 log.warning("reading for %s paused: %s", self.group_key, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except Exception:  # a store bug must not end delivery for the group for good
+                log.exception("reading for %s failed; trying again", self.group_key)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -561,8 +568,9 @@ class GroupWorker:
         await _cancel(self._keepalive_task)
         await self._acks.close(timeout_s=5.0)
 
-    async def backlog(self) -> int:
-        return (await self._store.backlog(self.group_key, self.topics)).total
+    async def backlog(self) -> dict[str, GroupBacklog]:
+        """This group key's backlog per topic."""
+        return {topic: await self._store.backlog(self.group_key, [topic]) for topic in self.topics}
 
 
 class Dispatcher:
@@ -665,18 +673,44 @@ class Dispatcher:
             worker.stop_reading()
             asyncio.create_task(worker.finish(timeout_s=30.0))  # noqa: RUF006
             self._joined = {j for j in self._joined if j[0] != group_key}
+        # A deleted topic's consumer groups went with it: join again if it comes back.
+        self._joined = {j for j in self._joined if j[1] in topics}
         self._version, self._topics = version, topics
         self._known_topics = frozenset(topics)
 
     async def _backlog_loop(self) -> None:
         while not self.draining:
             await asyncio.sleep(self.settings.backlog_interval_s)
-            totals: dict[str, int] = {}
-            for worker in list(self.workers.values()):
-                with contextlib.suppress(StoreUnavailable):
-                    totals[worker.group] = totals.get(worker.group, 0) + await worker.backlog()
-            for group, total in totals.items():
-                self.metrics.backlog.labels(group).set(total)
+            with contextlib.suppress(StoreUnavailable):
+                await self.measure_backlog()
+
+    async def measure_backlog(self) -> None:
+        """Set the backlog gauges from the store (what every instance sees alike).
+
+        Broadcast subscribers of one group have a group key each: their backlogs add up and
+        the oldest unacknowledged event is the oldest of theirs.
+        """
+        totals: dict[str, int] = {}
+        per_topic: dict[tuple[str, str], int] = {}
+        oldest: dict[tuple[str, str], int | None] = {}
+        for worker in list(self.workers.values()):
+            for topic, backlog in (await worker.backlog()).items():
+                key = (topic, worker.group)
+                totals[worker.group] = totals.get(worker.group, 0) + backlog.total
+                per_topic[key] = per_topic.get(key, 0) + backlog.total
+                known = oldest.get(key)
+                if backlog.oldest_ms is not None and (known is None or backlog.oldest_ms < known):
+                    oldest[key] = backlog.oldest_ms
+                else:
+                    oldest.setdefault(key, None)
+        now_ms = time.time_ns() // 1_000_000
+        for group, total in totals.items():
+            self.metrics.backlog.labels(group).set(total)
+        for (topic, group), total in per_topic.items():
+            self.metrics.consumer_backlog.labels(topic, group).set(total)
+            ms = oldest[(topic, group)]
+            age = 0.0 if ms is None else max(0.0, (now_ms - ms) / 1000)
+            self.metrics.oldest_unacked_age.labels(topic, group).set(age)
 
     async def _retention_loop(self) -> None:
         """Trim settled events past the retention window. Every instance may do it: trimming

@@ -77,6 +77,21 @@ class RuntimeMetrics:
             ["topic"],
             registry=r,
         )
+        self.consumer_backlog = Gauge(
+            "meshtap_consumer_backlog",
+            "Events of a topic a consumer group has not acknowledged (pending + not yet read), "
+            "as the store reports it: every instance shows the same value, so aggregate with "
+            "max(), not sum(). Scale consumers on this rather than on CPU.",
+            ["topic", "group"],
+            registry=r,
+        )
+        self.oldest_unacked_age = Gauge(
+            "meshtap_consumer_oldest_unacked_age_seconds",
+            "Age of the oldest event of a topic a consumer group has not acknowledged (0 when "
+            "it has none).",
+            ["topic", "group"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "meshtap_deliveries_in_flight",
             "Deliveries being worked on by this instance.",

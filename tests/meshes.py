@@ -11,18 +11,49 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from runtime._capture import CaptureSink
 from runtime._config import RuntimeConfig
 from runtime._server import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+STORE_KINDS = ("memory", "redis", "nats")
+SERVER_STORE_KINDS = ("redis", "nats")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `predicate` until true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or 'condition'}")
+        await asyncio.sleep(0.02)
+
+
+def store_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """The URL of a store of `kind` for this test: memory, or the session's Redis/NATS server
+    (emptied first). Parametrise with `store_params()` so each param carries its marker."""
+    if kind == "memory":
+        return "memory://"
+    server = request.getfixturevalue(f"{kind}_server")
+    return str(server.url)
+
+
+def store_params(*kinds: str) -> list[Any]:
+    """pytest params for `kinds` (default: every store), each with its service marker."""
+    return [
+        kind if kind == "memory" else pytest.param(kind, marks=getattr(pytest.mark, kind))
+        for kind in kinds or STORE_KINDS
+    ]
 
 
 def event(event_id: str, **extra: Any) -> dict[str, Any]:

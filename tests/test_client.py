@@ -26,8 +26,8 @@ from runtime.client import (
     Unavailable,
     new_event,
 )
-from tests.meshes import event, free_port, running
-from tests.servers import RedisServer
+from tests.meshes import SERVER_STORE_KINDS, event, free_port, running, store_params
+from tests.servers import Server
 from tests.sinks import RecordingSink
 
 QUICK = Backoff(initial_s=0.05, max_s=0.2, attempts=3)
@@ -135,11 +135,14 @@ async def test_request_without_responder_times_out_with_a_clear_error() -> None:
     assert "check that a subscriber of the topic replies" in message
 
 
-@pytest.mark.redis
-async def test_request_reply_across_two_instances_on_redis(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("kind", store_params(*SERVER_STORE_KINDS))
+async def test_request_reply_across_two_instances_on_a_broker(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    server: Server = request.getfixturevalue(f"{kind}_server")
     async with (
-        running(redis_server.url, grpc=True) as (asking, _),
-        running(redis_server.url, grpc=True) as (answering, _),
+        running(server.url, grpc=True) as (asking, _),
+        running(server.url, grpc=True) as (answering, _),
         AsyncMeshClient(asking.grpc_target) as requester,
         AsyncMeshClient(answering.grpc_target) as responder,
     ):

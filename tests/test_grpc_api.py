@@ -23,8 +23,8 @@ from runtime._events import parse_traceparent
 from runtime._grpc_codec import PbCloudEvent, string_attribute, unpack_frame
 from runtime._subscriptions import RetryPolicy, Subscription
 from tests.grpc_stubs import Api, Value, drain_events, pb_event, subscription
-from tests.meshes import event, running
-from tests.servers import RedisServer
+from tests.meshes import SERVER_STORE_KINDS, event, running, store_params, store_url
+from tests.servers import Server
 from tests.sinks import RecordingSink
 from tests.test_capture_hooks import ListCapture
 
@@ -36,13 +36,17 @@ async def sink() -> AsyncIterator[RecordingSink]:
     await s.stop()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=store_params())
 def store(request: pytest.FixtureRequest) -> str:
-    """The store URL: the same behaviour is asserted on the memory store and on Redis."""
-    if request.param == "memory":
-        return "memory://"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
+    """The store URL: the same behaviour is asserted on memory, Redis and NATS."""
+    return store_url(request, request.param)
+
+
+@pytest.fixture(params=store_params(*SERVER_STORE_KINDS))
+def server(request: pytest.FixtureRequest) -> Server:
+    """The session's Redis or NATS server (emptied first)."""
+    found: Server = request.getfixturevalue(f"{request.param}_server")
+    return found
 
 
 @pytest.fixture
@@ -391,15 +395,16 @@ async def test_too_large_is_resource_exhausted() -> None:
     assert "--max-payload-bytes" in caught.value.details()
 
 
-@pytest.mark.redis
+@pytest.mark.parametrize("kind", store_params(*SERVER_STORE_KINDS))
 async def test_store_down_is_unavailable_and_nothing_is_accepted(
-    fresh_redis_server: RedisServer,
+    kind: str, request: pytest.FixtureRequest
 ) -> None:
-    async with running(fresh_redis_server.url, grpc=True) as (runtime, _):
+    fresh_server: Server = request.getfixturevalue(f"fresh_{kind}_server")
+    async with running(fresh_server.url, grpc=True) as (runtime, _):
         api = Api(runtime.grpc_target)
         try:
             await api.publish(pb_event("before", "orders.created", "x"))
-            fresh_redis_server.stop()
+            fresh_server.stop()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await api.publish(pb_event("during", "orders.created", "x"))
         finally:
@@ -408,12 +413,11 @@ async def test_store_down_is_unavailable_and_nothing_is_accepted(
     assert "retry" in caught.value.details()
 
 
-@pytest.mark.redis
-async def test_streams_on_redis_across_two_instances(redis_server: RedisServer) -> None:
+async def test_streams_on_a_broker_across_two_instances(server: Server) -> None:
     """Clustering over two instances' streams: every event once, spread over both."""
     async with (
-        running(redis_server.url, grpc=True) as (one, client),
-        running(redis_server.url, grpc=True) as (two, _),
+        running(server.url, grpc=True) as (one, client),
+        running(server.url, grpc=True) as (two, _),
     ):
         api_one, api_two = Api(one.grpc_target), Api(two.grpc_target)
         a, b = api_one.stream(), api_two.stream()

@@ -75,6 +75,8 @@ class GroupBacklog:
     """Handed to a consumer but not yet acknowledged."""
     lag: int
     """Not yet handed to any consumer."""
+    oldest_ms: int | None = None
+    """Append time (ms) of the oldest event the group has not acknowledged, if any."""
 
     @property
     def total(self) -> int:

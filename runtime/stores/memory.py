@@ -255,14 +255,21 @@ class MemoryStore:
 
     async def backlog(self, group_key: str, topics: Sequence[str]) -> GroupBacklog:
         pending = lag = 0
+        oldest: int | None = None
         for topic in topics:
             stream = self._streams.get(topic)
             group = stream.groups.get(group_key) if stream else None
             if stream is None or group is None:
                 continue
             pending += len(group.pending)
-            lag += len(stream.entries) - _bisect_after(stream.entries, group.last_delivered)
-        return GroupBacklog(pending=pending, lag=lag)
+            first_unread = _bisect_after(stream.entries, group.last_delivered)
+            lag += len(stream.entries) - first_unread
+            candidates = [offset_key(o)[0] for o in group.pending]
+            if first_unread < len(stream.entries):
+                candidates.append(stream.entries[first_unread].key[0])
+            if candidates:
+                oldest = min([*candidates, *([] if oldest is None else [oldest])])
+        return GroupBacklog(pending=pending, lag=lag, oldest_ms=oldest)
 
 
 def _bisect_after(entries: list[_Entry], key: tuple[int, int]) -> int:

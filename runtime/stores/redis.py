@@ -124,7 +124,7 @@ class RedisStore:
             return await awaitable
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as e:
             raise StoreUnavailable(
-                f"Redis at {self._where()} is unreachable ({e}); nothing was stored, retry later"
+                f"Redis at {self._where()} is unreachable ({e}); nothing was accepted, retry later"
             ) from e
         except redis_errors.BusyLoadingError as e:
             raise StoreUnavailable(
@@ -318,7 +318,9 @@ class RedisStore:
                 )
             )
         except redis_errors.ResponseError as e:
-            if "NOGROUP" in str(e):  # a topic was deleted under us; the dispatcher re-joins
+            # A topic deleted under us (before or during a blocked read): the dispatcher joins
+            # again if it comes back.
+            if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
                 return []
             raise
         out: list[StoredEvent] = []
@@ -424,11 +426,26 @@ class RedisStore:
                 pipe.xinfo_groups(self._stream(topic))
             replies = await self._call(pipe.execute(raise_on_error=False))
         pending = lag = 0
-        for groups in replies:
+        oldest: int | None = None
+        for topic, groups in zip(topics, replies, strict=True):
             if isinstance(groups, Exception):
                 continue
             for group in groups:
                 if group["name"].decode() == group_key:
                     pending += int(group["pending"])
                     lag += int(group.get("lag") or 0)
-        return GroupBacklog(pending=pending, lag=lag)
+                    ms = await self._oldest_unacked_ms(topic, group)
+                    if ms is not None:
+                        oldest = ms if oldest is None else min(oldest, ms)
+        return GroupBacklog(pending=pending, lag=lag, oldest_ms=oldest)
+
+    async def _oldest_unacked_ms(self, topic: str, group: dict[str, Any]) -> int | None:
+        """The oldest pending entry, else the first entry after the group's read pointer."""
+        stream = self._stream(topic)
+        if int(group["pending"]):
+            summary = await self._call(self._client.xpending(stream, group["name"]))
+            if summary["min"]:
+                return offset_key(summary["min"].decode())[0]
+        last = group["last-delivered-id"].decode()
+        unread = await self._call(self._client.xrange(stream, min=f"({last}", count=1))
+        return offset_key(unread[0][0].decode())[0] if unread else None
