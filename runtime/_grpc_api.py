@@ -34,17 +34,21 @@ import grpc  # type: ignore[import-untyped]
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from runtime._auth import Authenticator, Principal, auth_settings, bearer, current_principal
 from runtime._config import RuntimeConfig
 from runtime._errors import (
     CannotListen,
+    Forbidden,
     InvalidRequest,
     InvalidSubscription,
     InvalidTopic,
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ReplyTimeout,
     StoreUnavailable,
+    Unauthenticated,
 )
 from runtime._eventmesh import (
     NEVER_FORWARDED,
@@ -111,6 +115,12 @@ def _grpc_status(error: Exception) -> tuple[Any, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, error.detail
     if isinstance(error, PayloadTooLarge):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(error)
+    if isinstance(error, Forbidden):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
+    if isinstance(error, RateLimited):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error} (retry after {error.retry_after_s} s)"
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, StoreUnavailable):
@@ -182,12 +192,16 @@ class GrpcApi:
         replies: ReplyRouter,
         *,
         port: int | None = None,
+        auth: Authenticator | None = None,
+        server_credentials: Any = None,
     ) -> None:
         self._wanted_port = config.grpc_port if port is None else port
         self._mesh = mesh
         self._config = config
         self._streams = streams
         self._replies = replies
+        self._auth = auth or Authenticator(auth_settings(config))
+        self._credentials = server_credentials
         self._server: Any = None
         self.port: int | None = None
         self.lease_s = STREAM_LEASE_S
@@ -207,7 +221,11 @@ class GrpcApi:
         server.add_generic_rpc_handlers(self._handlers())
         host = self._config.host
         try:
-            port = server.add_insecure_port(f"{host}:{self._wanted_port}")
+            address = f"{host}:{self._wanted_port}"
+            if self._credentials is not None:
+                port = server.add_secure_port(address, self._credentials)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as e:
             port, problem = 0, str(e)
         else:
@@ -240,7 +258,7 @@ class GrpcApi:
 
         def unary(method: Callable[..., Any], request: Any, reply: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method),
+                _unary(self._authenticated(method)),
                 request_deserializer=request.FromString,
                 response_serializer=reply.SerializeToString,
             )
@@ -269,6 +287,38 @@ class GrpcApi:
         ]
 
     # -- stream subscription leases ----------------------------------------------------------
+    # -- authentication ----------------------------------------------------------------------
+    def authenticate(self, context: Any) -> Principal:
+        """The caller of an RPC from its `authorization` metadata or client certificate."""
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        try:
+            credential = bearer(metadata.get("authorization"), metadata.get("token"))
+            cert_name = None
+            names = (context.auth_context() or {}).get("x509_common_name")
+            if names:
+                cert_name = names[0].decode(errors="replace")
+            principal = self._auth.authenticate(
+                credential=credential, cert_name=cert_name, remote=context.peer()
+            )
+            key = principal.name if principal.method != "anonymous" else f"@{context.peer()}"
+            self._auth.rate.take(key)
+        except (Unauthenticated, RateLimited) as e:
+            reason = "rate_limited" if isinstance(e, RateLimited) else "unauthenticated"
+            self._mesh.metrics.auth_denied.labels(reason).inc()
+            log.warning("denied gRPC call from %s: %s", context.peer(), e)
+            raise
+        current_principal.set(principal)  # each RPC runs in its own task (own context)
+        return principal
+
+    def _authenticated(
+        self, method: Callable[[Request, Any], Awaitable[Reply]]
+    ) -> Callable[[Request, Any], Awaitable[Reply]]:
+        async def handler(request: Request, context: Any) -> Reply:
+            self.authenticate(context)
+            return await method(request, context)
+
+        return handler
+
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s)
@@ -428,6 +478,11 @@ class GrpcApi:
         session: StreamSession | None = None
         reader: asyncio.Task[None] | None = None
         try:
+            try:
+                self.authenticate(context)
+            except (Unauthenticated, RateLimited) as e:
+                code, message = _grpc_status(e)
+                await context.abort(code, message)
             try:
                 first = await anext(requests)
             except StopAsyncIteration:

@@ -4,16 +4,19 @@ orderly start and drain."""
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
+from runtime._auth import Authenticator, auth_settings, check_exposure
 from runtime._capture import CaptureConfig, CaptureSink, NullCapture, open_capture
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
-from runtime._errors import CannotListen, StoreUnavailable
+from runtime._errors import CannotListen, InsecureSetup, StoreUnavailable
 from runtime._grpc_api import GrpcApi
 from runtime._http_api import build_app
 from runtime._mesh import Mesh
@@ -32,6 +35,51 @@ def push_contracts() -> dict[str, PushContract]:
     from runtime._eventmesh import EventMeshContract
 
     return {"cloudevents": CloudEventsContract(), "eventmesh": EventMeshContract()}
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InsecureSetup(f"{flag} {path!r} cannot be read: {e.strerror or e}") from None
+
+
+def server_ssl_context(config: RuntimeConfig) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS context (mTLS when --tls-client-ca is set), or None."""
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise InsecureSetup(
+            "TLS needs both --tls-cert and --tls-key (MESHTAP_TLS_CERT, MESHTAP_TLS_KEY); "
+            "--tls-client-ca alone cannot verify clients without a server certificate"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise InsecureSetup(
+            f"cannot load the TLS files (--tls-cert {config.tls_cert!r}, --tls-key "
+            f"{config.tls_key!r}, --tls-client-ca {config.tls_client_ca!r}): {e}"
+        ) from None
+    return context
+
+
+def grpc_server_credentials(config: RuntimeConfig) -> Any:
+    """gRPC's TLS credentials from the same files, or None for a plaintext listener."""
+    if server_ssl_context(config) is None:  # validates the files, with the same messages
+        return None
+    import grpc  # type: ignore[import-untyped]
+
+    ca = _read(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -105,6 +153,7 @@ class Runtime:
             tracing=self.tracing,
         )
         self.replies = ReplyRouter(self.mesh, consumer)
+        self.auth: Authenticator | None = None
         self.grpc: GrpcApi | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -112,18 +161,22 @@ class Runtime:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.http_port}"
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{self.config.host}:{self.http_port}"
 
     async def start(self) -> None:
+        check_exposure(self.config)  # before anything starts: InsecureSetup says what to set
+        self.auth = Authenticator(auth_settings(self.config))
+        tls = server_ssl_context(self.config)
         await self.capture.start()  # CaptureNotReady says what to run; nothing else started yet
         self.tracing.use(self._tracer_provider or self.capture.tracer_provider())
         try:
-            await self._start()
+            await self._start(tls)
         except BaseException:
             await self.stop(drain_timeout_s=0)
             raise
 
-    async def _start(self) -> None:
+    async def _start(self, tls: ssl.SSLContext | None) -> None:
         try:
             await self.store.connect()
         except StoreUnavailable as e:
@@ -132,11 +185,15 @@ class Runtime:
             )
         await self.pusher.start()
         await self.dispatcher.start()
-        app = build_app(self.mesh, self.config)
+        app = build_app(self.mesh, self.config, self.auth)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.config.host, self.config.http_port, reuse_address=True
+            self._runner,
+            self.config.host,
+            self.config.http_port,
+            reuse_address=True,
+            ssl_context=tls,
         )
         try:
             await site.start()
@@ -159,7 +216,15 @@ class Runtime:
 
     async def start_grpc(self, port: int) -> None:
         """Start the gRPC API on `port` (0 = any free port: tests, embedding)."""
-        self.grpc = GrpcApi(self.mesh, self.config, self.streams, self.replies, port=port)
+        self.grpc = GrpcApi(
+            self.mesh,
+            self.config,
+            self.streams,
+            self.replies,
+            port=port,
+            auth=self.auth,
+            server_credentials=grpc_server_credentials(self.config),
+        )
         await self.grpc.start()
 
     @property
