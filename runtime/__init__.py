@@ -5,6 +5,7 @@ No Django and no ClickHouse here; plugins (stores, capture sinks) are found thro
 
 from __future__ import annotations
 
+from runtime._auth import Principal, TokenFile
 from runtime._capture import (
     CaptureConfig,
     CaptureNotReady,
@@ -17,6 +18,8 @@ from runtime._capture import (
     SpanRecord,
 )
 from runtime._errors import (
+    Forbidden,
+    InsecureSetup,
     InvalidCloudEvent,
     InvalidFilter,
     InvalidRequest,
@@ -25,18 +28,24 @@ from runtime._errors import (
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ReplyTimeout,
     StoreUnavailable,
     SubscriptionNotFound,
+    Unauthenticated,
 )
 from runtime._events import CloudEvent
+from runtime._netguard import SIGNATURE_HEADER, SinkPolicy, sign_push, verify_push_signature
 
 __all__ = [
+    "SIGNATURE_HEADER",
     "CaptureConfig",
     "CaptureNotReady",
     "CaptureSink",
     "CloudEvent",
     "DeliveryRecord",
+    "Forbidden",
+    "InsecureSetup",
     "InvalidCloudEvent",
     "InvalidFilter",
     "InvalidRequest",
@@ -46,11 +55,18 @@ __all__ = [
     "NotFound",
     "NullCapture",
     "PayloadTooLarge",
+    "Principal",
     "PublishRecord",
+    "RateLimited",
     "ReplyTimeout",
+    "SinkPolicy",
     "SpanEventRecord",
     "SpanLinkRecord",
     "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
+    "TokenFile",
+    "Unauthenticated",
+    "sign_push",
+    "verify_push_signature",
 ]

@@ -21,6 +21,7 @@ from runtime._grpc_api import GrpcApi
 from runtime._http_api import build_app
 from runtime._mesh import Mesh
 from runtime._metrics import RuntimeMetrics
+from runtime._netguard import sink_policy, sink_ssl_context
 from runtime._otlp import OtlpReceiver
 from runtime._push import CloudEventsContract, PushContract, Pusher
 from runtime._replies import ReplyRouter
@@ -113,7 +114,14 @@ class Runtime:
         # pending events of its previous life by name; they are reclaimed after claim_idle_ms.
         consumer = f"{config.instance}-{uuid.uuid4().hex[:6]}"
         self.streams = StreamHub(consumer)
-        self.pusher = Pusher(push_contracts(), channels={STREAM_PROTOCOL: self.streams})
+        self.sink_policy = sink_policy(config)
+        self.pusher = Pusher(
+            push_contracts(),
+            channels={STREAM_PROTOCOL: self.streams},
+            ssl_context=sink_ssl_context(config),
+            sink_policy=self.sink_policy,
+            signing_key=config.webhook_signing_key,
+        )
         self.capture = capture or open_capture(
             CaptureConfig(
                 url=config.capture,
@@ -152,6 +160,7 @@ class Runtime:
             instance=config.instance,
             tracing=self.tracing,
         )
+        self.mesh.check_sink = self.sink_policy.check_url
         self.replies = ReplyRouter(self.mesh, consumer)
         self.auth: Authenticator | None = None
         self.grpc: GrpcApi | None = None
