@@ -129,8 +129,10 @@ class HttpTarget:
     :class:`TargetRejected` with the mesh's message.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0, token: str = "") -> None:
         self.url = url.rstrip("/")
+        # A mesh with authentication wants a client holding the `replay` right on the topics.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -143,7 +145,9 @@ class HttpTarget:
         url = f"{self.url}/v1/topics/{topic}/events"
         try:
             async with self._session.post(
-                url, data=body.encode(), headers={"content-type": _BATCH_CONTENT_TYPE}
+                url,
+                data=body.encode(),
+                headers={"content-type": _BATCH_CONTENT_TYPE, **self._auth},
             ) as response:
                 if response.status == 200:
                     await response.read()
