@@ -39,7 +39,7 @@ MESH_KEY: web.AppKey[Mesh] = web.AppKey("mesh", Mesh)
 CONFIG_KEY: web.AppKey[RuntimeConfig] = web.AppKey("config", RuntimeConfig)
 AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 # Credentials meant for the mesh itself never travel on to consumers.
-_SOURCE_DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SOURCE_DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "token"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
