@@ -391,7 +391,7 @@ def parse_body_map(
     if "json" in content_type.lower() or stripped[0] in "{[":
         try:
             value = json.loads(stripped)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise _body_error(f"the body is not valid JSON ({e}); {hint}") from None
         if not isinstance(value, dict):
             raise _body_error(
@@ -429,7 +429,7 @@ def _json_list(raw: Any, name: str, what: str, example: str) -> list[Any]:
         if stripped.startswith(("[", "{")):
             try:
                 raw = json.loads(stripped)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise _body_error(
                     f"{name!r} holds invalid JSON ({e}); it must be {what}, e.g. {example}"
                 ) from None
@@ -842,7 +842,7 @@ async def sdk_publish(request: web.Request, form: dict[str, Any]) -> str:
         content = _text_field(form, "content", _sdk_fields(f"content={_CE_EXAMPLE}"))
         try:
             raw = json.loads(content)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise _body_error(
                 f"'content' is not valid JSON ({e}); with protocoltype cloudevents it is the "
                 f"CloudEvent in JSON format, e.g. {_CE_EXAMPLE}"
@@ -911,7 +911,7 @@ def _ext_fields(raw: Any, taken: Mapping[str, Any]) -> dict[str, str]:
         return {}
     try:
         fields = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise _body_error(
             f"'extFields' is not valid JSON ({e}); send a JSON object of strings"
         ) from None
@@ -1198,7 +1198,7 @@ def _ret_code(body: bytes) -> int | None:
     """The integer `retCode` of a subscriber's JSON reply, or None when there is none."""
     try:
         reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     value = reply.get("retCode") if isinstance(reply, dict) else None
     if isinstance(value, bool):

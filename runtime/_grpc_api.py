@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 import grpc  # type: ignore[import-untyped]
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runtime._auth import Authenticator, Principal, auth_settings, bearer, current_principal
@@ -162,7 +163,7 @@ def _items(message: PbCloudEvent) -> list[SubscriptionItem]:
     example = '[{"topic": "orders.created", "mode": "CLUSTERING", "type": "ASYNC"}]'
     try:
         raw = json.loads(message.text_data) if message.text_data else None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise InvalidSubscription(
             f"text_data must be a JSON list of subscription items like {example}: {e}"
         ) from None
@@ -179,6 +180,26 @@ def _group(message: PbCloudEvent) -> str:
             "{ce_string: 'billing'}"
         )
     return validate_group(group)
+
+
+def _not_protobuf(error: Exception, what: str = "CloudEvent") -> str:
+    return (
+        f"the request is not an EventMesh {what} protobuf message ({error}); build it from "
+        "runtime/_proto/eventmesh.proto (org.apache.eventmesh.cloudevents.v1)"
+    )
+
+
+def _parsed(
+    method: Callable[[Any, Any], Awaitable[Reply]], message_type: Any
+) -> Callable[[bytes, Any], Awaitable[Reply]]:
+    async def handler(raw: bytes, context: Any) -> Reply:
+        try:
+            request = message_type.FromString(raw)
+        except DecodeError as e:
+            raise InvalidRequest(_not_protobuf(e, message_type.DESCRIPTOR.name)) from None
+        return await method(request, context)
+
+    return handler
 
 
 class GrpcApi:
@@ -256,10 +277,11 @@ class GrpcApi:
     def _handlers(self) -> Sequence[Any]:
         pb, batch = PbCloudEvent, PbCloudEventBatch
 
+        # Requests arrive as bytes and are parsed in the handler: a deserializer's exception
+        # would reach the client as UNKNOWN, a parse error here as INVALID_ARGUMENT.
         def unary(method: Callable[..., Any], request: Any, reply: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(self._authenticated(method)),
-                request_deserializer=request.FromString,
+                _unary(self._authenticated(_parsed(method, request))),
                 response_serializer=reply.SerializeToString,
             )
 
@@ -273,8 +295,7 @@ class GrpcApi:
         consumer = {
             "subscribe": unary(self.subscribe, pb, pb),
             "subscribeStream": grpc.stream_stream_rpc_method_handler(
-                self.subscribe_stream,
-                request_deserializer=pb.FromString,
+                self._subscribe_stream_raw,
                 response_serializer=pb.SerializeToString,
             ),
             "unsubscribe": unary(self.unsubscribe, pb, pb),
@@ -471,6 +492,19 @@ class GrpcApi:
             )
         return status_event("0", f"success: {len(removed)} subscription(s) removed")
 
+    async def _subscribe_stream_raw(
+        self, raw_requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[PbCloudEvent]:
+        async def parsed() -> AsyncIterator[PbCloudEvent]:
+            async for raw in raw_requests:
+                try:
+                    yield PbCloudEvent.FromString(raw)
+                except DecodeError as e:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_protobuf(e))
+
+        async for message in self.subscribe_stream(parsed(), context):
+            yield message
+
     async def subscribe_stream(
         self, requests: AsyncIterator[PbCloudEvent], context: Any
     ) -> AsyncIterator[PbCloudEvent]:
@@ -575,7 +609,7 @@ class GrpcApi:
             raise InvalidRequest(f"'clienttype' must be 1 (PUB) or 2 (SUB), got {client_type!r}")
         try:
             items = json.loads(request.text_data) if request.text_data else []
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise InvalidRequest(
                 f'text_data must be a JSON list like [{{"topic": "orders.created"}}]: {e}'
             ) from None

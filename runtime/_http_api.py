@@ -152,7 +152,7 @@ async def read_json(request: web.Request) -> Any:
     body = await read_body(request)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
 
 
@@ -222,14 +222,28 @@ async def delete_topic(request: web.Request) -> web.Response:
 # -- HTTP source ---------------------------------------------------------------------------
 
 
+def _text(value: str) -> str:
+    """A header/query string as valid Unicode: bytes that were not UTF-8 (kept by aiohttp as
+    surrogates, which JSON cannot encode) are read as Latin-1, as HTTP/1.1 defines them."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def request_to_event(request: web.Request, body: bytes, name: str) -> CloudEvent:
     """Any HTTP request as a CloudEvent: data carries method, path, query, headers and body."""
     data: dict[str, Any] = {
         "method": request.method,
-        "path": request.path,
-        "query": {key: request.query.getall(key) for key in request.query},
+        "path": _text(request.path),
+        "query": {
+            _text(key): [_text(v) for v in request.query.getall(key)] for key in request.query
+        },
         "headers": {
-            k: v for k, v in request.headers.items() if k.lower() not in _SOURCE_DROPPED_HEADERS
+            _text(k): _text(v)
+            for k, v in request.headers.items()
+            if k.lower() not in _SOURCE_DROPPED_HEADERS
         },
     }
     try:

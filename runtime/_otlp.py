@@ -162,7 +162,7 @@ def request_from_json(body: bytes) -> ExportTraceServiceRequest:
     """OTLP/JSON: protobuf's JSON mapping, except that trace and span ids are hex, not base64."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidOtlpRequest(f"the body is not valid JSON: {e}; {_HOW}") from None
     if not isinstance(document, dict):
         raise InvalidOtlpRequest(
