@@ -393,3 +393,25 @@ async def test_grpc_status_codes_on_the_wire(tokens: tuple[str, dict[str, str]])
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         finally:
             await api.close()
+
+
+async def test_replay_target_sends_its_token_and_needs_the_replay_right(
+    tokens: tuple[str, dict[str, str]],
+) -> None:
+    from replay import HttpTarget, TargetRejected
+
+    path, issued = tokens
+    replayed = [event("r-1", replayid="r-abc")]
+    async with running(auth_tokens=path) as (rt, _):
+        for token, refusal in (("", "401"), (issued["shop"], "may not replay")):
+            target = HttpTarget(rt.http_url, token=token)
+            try:
+                with pytest.raises(TargetRejected, match=refusal):
+                    await target.send("orders.created", replayed)
+            finally:
+                await target.close()
+        target = HttpTarget(rt.http_url, token=issued["replayer"])
+        try:
+            await target.send("orders.created", replayed)
+        finally:
+            await target.close()
