@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
         description="Run a Meshtap runtime: CloudEvents pub/sub over HTTP.",
-        epilog="Every flag can also be set with the MESHTAP_* environment variable shown.",
+        epilog="Every flag can also be set with the MESHTAP_* environment variable shown. API "
+        "clients (tokens) are managed with `python -m runtime tokens --help`.",
     )
     for option in OPTIONS:
         shown = _shown_default(option, defaults)

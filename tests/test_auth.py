@@ -415,3 +415,26 @@ async def test_replay_target_sends_its_token_and_needs_the_replay_right(
             await target.send("orders.created", replayed)
         finally:
             await target.close()
+
+
+async def test_grpc_rate_limit_is_resource_exhausted_with_the_wait(
+    tokens: tuple[str, dict[str, str]],
+) -> None:
+    path, issued = tokens
+    async with running(auth_tokens=path, rate_limit=1, rate_burst=2, grpc=True) as (rt, _):
+        api = Api(rt.grpc_target)
+        call = api.channel.unary_unary(
+            f"/{PACKAGE}.PublisherService/publish",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=PbCloudEvent.FromString,
+        )
+        shop = (("authorization", f"Bearer {issued['shop']}"),)
+        try:
+            for n in range(2):
+                await call(pb_event(f"{n}", "orders.created", "x"), timeout=10, metadata=shop)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(pb_event("3", "orders.created", "x"), timeout=10, metadata=shop)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "retry after 1 s" in (refused.value.details() or "")
+        finally:
+            await api.close()
