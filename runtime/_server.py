@@ -254,6 +254,7 @@ class Runtime:
             http_port=config.otlp_http_port,
             grpc_port=config.otlp_grpc_port,
             max_payload_bytes=config.max_payload_bytes,
+            auth=self.auth,
         )
         await self.otlp.start()
 

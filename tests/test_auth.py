@@ -15,6 +15,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from runtime._auth import TokenBuckets, TokenFile, pattern_allows
 from runtime._config import RuntimeConfig
@@ -24,9 +26,12 @@ from runtime._grpc_codec import PbCloudEvent
 from runtime._server import Runtime
 from runtime.client import AsyncMeshClient, AuthenticationFailed, PermissionDenied, new_event
 from tests.grpc_stubs import Api, pb_event, subscription
-from tests.meshes import ROOT, event, running
+from tests.meshes import ROOT, event, free_port, running
+from tests.test_capture_hooks import ListCapture
+from tests.test_otlp_receiver import app_spans, export_grpc, export_http, receiver_ports
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
+__all__ = ["app_spans"]  # the fixture, shared with tests/test_otlp_receiver.py
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -438,3 +443,26 @@ async def test_grpc_rate_limit_is_resource_exhausted_with_the_wait(
             assert "retry after 1 s" in (refused.value.details() or "")
         finally:
             await api.close()
+
+
+async def test_otlp_receiver_takes_spans_only_from_authenticated_exporters(
+    tokens: tuple[str, dict[str, str]], app_spans: list[ReadableSpan]
+) -> None:
+
+    path, issued = tokens
+    capture = ListCapture()
+    async with running(
+        capture=capture,
+        auth_tokens=path,
+        otlp_http_port=free_port(),
+        otlp_grpc_port=free_port(),
+    ) as (rt, _):
+        http_port, grpc_port = receiver_ports(rt)
+        spans = app_spans
+        assert await export_http(http_port, spans) == SpanExportResult.FAILURE
+        assert await export_grpc(grpc_port, spans) == SpanExportResult.FAILURE
+        assert capture.spans == []
+        headers = {"authorization": f"Bearer {issued['shop']}"}
+        assert await export_http(http_port, spans, headers=headers) == SpanExportResult.SUCCESS
+        assert await export_grpc(grpc_port, spans, headers=headers) == SpanExportResult.SUCCESS
+        assert len(capture.spans) == 2 * len(spans)
