@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from meshadmin.models import ReplayJob
+from meshadmin.models import ReplayAuditEntry, ReplayJob
 
 
 @admin.register(ReplayJob)
@@ -71,3 +71,21 @@ class ReplayJobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             ReplayJob.objects.filter(pk=job.pk).update(command=ReplayJob.Command.RUN)
             enqueue(job.pk)
         self.message_user(request, f"re-queued {len(jobs)} job(s)", messages.SUCCESS)
+
+
+@admin.register(ReplayAuditEntry)
+class ReplayAuditEntryAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The audit trail is append-only: nobody edits or deletes it from the admin."""
+
+    list_display = ("at", "actor", "action", "replay_id", "target_url", "since", "until")
+    list_filter = ("action",)
+    search_fields = ("actor", "replay_id", "target_url")
+
+    def has_add_permission(self, request: object) -> bool:
+        return False
+
+    def has_change_permission(self, request: object, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: object, obj: object = None) -> bool:
+        return False

@@ -1,4 +1,4 @@
-"""Meshtap's Django models: replay jobs (audits come later)."""
+"""Meshtap's Django models: replay jobs and the audit log of who replayed what where."""
 
 from __future__ import annotations
 
@@ -66,3 +66,32 @@ class ReplayJob(models.Model):
 
     def __str__(self) -> str:
         return f"replay {self.replay_id} ({self.status}, {self.sent}/{self.total})"
+
+
+class ReplayAuditEntry(models.Model):
+    """Who replayed what where: one row each time a replay job starts or resumes.
+
+    Kept apart from ``ReplayJob`` (and never deleted with it) so the trail survives job
+    clean-up; the fields copy what was asked rather than pointing at the job's mutable spec.
+    """
+
+    class Action(models.TextChoices):
+        START = "start"
+        RESUME = "resume"
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=150, help_text="user name, or who asked (e.g. OS user)")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    job = models.ForeignKey(ReplayJob, null=True, on_delete=models.SET_NULL, related_name="+")
+    replay_id = models.CharField(max_length=64, db_index=True)
+    target_url = models.CharField(max_length=500)
+    topics = models.JSONField(default=list)
+    since = models.CharField(max_length=64, blank=True)
+    until = models.CharField(max_length=64, blank=True)
+    spec = models.JSONField(help_text="the ReplaySpec as asked, at that moment")
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.replay_id}"

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from meshadmin.models import ReplayJob
+from meshadmin.models import ReplayAuditEntry, ReplayJob
 from replay import (
     Checkpoint,
     Command,
@@ -88,7 +88,7 @@ async def _run(
             service_name="meshtap-replay",
         )
     )
-    target = open_target(job.target_url)
+    target = open_target(job.target_url, token=settings.MESHTAP_REPLAY_TOKEN)
     try:
         await capture.start()
         tracer = capture.tracer_provider().get_tracer("meshtap.replay")
@@ -119,6 +119,22 @@ def plan_job(job: ReplayJob) -> Selection:
     return selection
 
 
+def audit(job: ReplayJob, spec: ReplaySpec) -> ReplayAuditEntry:
+    """Record who replays what where, before anything is sent."""
+    actor = job.created_by.get_username() if job.created_by else (job.requested_by or "unknown")
+    return ReplayAuditEntry.objects.create(
+        actor=actor,
+        action=ReplayAuditEntry.Action.RESUME if job.started_at else ReplayAuditEntry.Action.START,
+        job=job,
+        replay_id=job.replay_id,
+        target_url=job.target_url,
+        topics=list(spec.topics),
+        since=spec.since.isoformat(),
+        until=spec.until.isoformat(),
+        spec=job.spec,
+    )
+
+
 def execute_job(
     job_id: int,
     *,
@@ -131,6 +147,7 @@ def execute_job(
     """
     job = ReplayJob.objects.get(pk=job_id)
     spec = ReplaySpec.from_json(job.spec)
+    audit(job, spec)
     ReplayJob.objects.filter(pk=job_id).update(
         status=ReplayJob.Status.RUNNING,
         command=ReplayJob.Command.RUN,

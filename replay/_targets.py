@@ -137,8 +137,10 @@ class HttpTarget:
     :class:`TargetRejected` with the mesh's message.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0, token: str = "") -> None:
         self.url = url.rstrip("/")
+        # A mesh with authentication wants a client holding the `replay` right on the topics.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -151,7 +153,9 @@ class HttpTarget:
         url = f"{self.url}/v1/topics/{topic}/events"
         try:
             async with self._session.post(
-                url, data=body.encode(), headers={"content-type": _BATCH_CONTENT_TYPE}
+                url,
+                data=body.encode(),
+                headers={"content-type": _BATCH_CONTENT_TYPE, **self._auth},
             ) as response:
                 if response.status == 200:
                     await response.read()
@@ -185,15 +189,18 @@ class GrpcTarget:
     RESOURCE_EXHAUSTED are :class:`TargetRejected` with the mesh's message.
     """
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 30.0, token: str = "") -> None:
         self.url = url.rstrip("/")
         self._address = self.url.removeprefix("grpc://")
         self._timeout_s = timeout_s
+        self._token = token or None
         self._client: AsyncMeshClient | None = None
 
     async def send(self, topic: str, events: Sequence[dict[str, Any]]) -> None:
         if self._client is None:
-            self._client = AsyncMeshClient(self._address, timeout_s=self._timeout_s)
+            self._client = AsyncMeshClient(
+                self._address, timeout_s=self._timeout_s, token=self._token
+            )
         try:
             await self._client.publish_batch(topic, [_cloud_event(e) for e in events])
         except (InvalidArgument, NotFound, TooLarge) as e:
@@ -219,14 +226,15 @@ def _cloud_event(event: dict[str, Any]) -> CloudEvent:
     return CloudEvent(attributes, base64.b64decode(encoded) if encoded is not None else None)
 
 
-def open_target(url: str) -> Target:
+def open_target(url: str, *, token: str = "") -> Target:
     """The target for ``url``, by scheme: ``http(s)://`` :class:`HttpTarget`, ``grpc://``
-    :class:`GrpcTarget`."""
+    :class:`GrpcTarget`; ``token`` is the bearer token a mesh with authentication wants (it
+    needs the replay right on the target topics)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
-        return HttpTarget(url)
+        return HttpTarget(url, token=token)
     if scheme == "grpc" and url[len("grpc://") :].strip("/"):
-        return GrpcTarget(url)
+        return GrpcTarget(url, token=token)
     raise InvalidSpec(
         f"target {url!r} must be a mesh's HTTP API (http://HOST:10105) or gRPC API "
         "(grpc://HOST:10205)"

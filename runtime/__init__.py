@@ -5,6 +5,7 @@ No Django and no ClickHouse here; plugins (stores, capture sinks) are found thro
 
 from __future__ import annotations
 
+from runtime._auth import Principal, TokenFile
 from runtime._capture import (
     CaptureConfig,
     CaptureNotReady,
@@ -19,6 +20,8 @@ from runtime._capture import (
 from runtime._errors import (
     BridgeExists,
     BridgeNotFound,
+    Forbidden,
+    InsecureSetup,
     InvalidBridge,
     InvalidCloudEvent,
     InvalidFilter,
@@ -28,14 +31,18 @@ from runtime._errors import (
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ReplyTimeout,
     StoreUnavailable,
     SubscriptionNotFound,
+    Unauthenticated,
 )
 from runtime._events import CloudEvent
+from runtime._netguard import SIGNATURE_HEADER, SinkPolicy, sign_push, verify_push_signature
 from runtime._topics import TopicPattern, compile_pattern, validate_pattern
 
 __all__ = [
+    "SIGNATURE_HEADER",
     "BridgeExists",
     "BridgeNotFound",
     "CaptureConfig",
@@ -43,6 +50,8 @@ __all__ = [
     "CaptureSink",
     "CloudEvent",
     "DeliveryRecord",
+    "Forbidden",
+    "InsecureSetup",
     "InvalidBridge",
     "InvalidCloudEvent",
     "InvalidFilter",
@@ -53,14 +62,21 @@ __all__ = [
     "NotFound",
     "NullCapture",
     "PayloadTooLarge",
+    "Principal",
     "PublishRecord",
+    "RateLimited",
     "ReplyTimeout",
+    "SinkPolicy",
     "SpanEventRecord",
     "SpanLinkRecord",
     "SpanRecord",
     "StoreUnavailable",
     "SubscriptionNotFound",
+    "TokenFile",
     "TopicPattern",
+    "Unauthenticated",
     "compile_pattern",
+    "sign_push",
     "validate_pattern",
+    "verify_push_signature",
 ]

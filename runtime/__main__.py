@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from runtime._capture import CaptureNotReady
 from runtime._config import RuntimeConfig, config_from_args
-from runtime._errors import CannotListen
+from runtime._errors import CannotListen, InsecureSetup, InvalidRequest
 from runtime._server import Runtime
 
 
@@ -77,7 +77,12 @@ async def serve(config: RuntimeConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = config_from_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["tokens"]:
+        from runtime._tokens_cli import main as tokens_main
+
+        return tokens_main(args[1:])
+    config = config_from_args(args)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(config))
-    except (ValueError, CaptureNotReady, CannotListen) as e:
+    except (ValueError, CaptureNotReady, CannotListen, InsecureSetup, InvalidRequest) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

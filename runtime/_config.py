@@ -43,6 +43,32 @@ class RuntimeConfig:
     bridges: tuple[str, ...] = ()
     """`--bridge` specs (`PATTERN=>TARGET[;key=value...]`), applied at every start."""
     log_level: str = "INFO"
+    auth_tokens: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    allow_anonymous: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    rate_limit: float = 0.0
+    rate_burst: float = 0.0
+    sink_ca_bundle: str = ""
+    webhook_signing_key: str = ""
+    sink_blocked_networks: tuple[str, ...] = ()
+    sink_allowed_networks: tuple[str, ...] = ()
+
+
+def parse_bool(raw: str) -> bool:
+    """An environment variable's truth value (true/false, yes/no, on/off, 1/0)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+parse_bool.__name__ = "boolean (true/false)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +223,89 @@ OPTIONS: tuple[Option, ...] = (
         True,
     ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING or ERROR"),
+    Option(
+        "--auth-tokens",
+        "auth_tokens",
+        "turn authentication on with this tokens file (salted hashes only; create clients with "
+        "`python -m runtime tokens add NAME --publish 'orders.#'`)",
+        str,
+        "FILE",
+    ),
+    Option(
+        "--jwt-secret",
+        "jwt_secret",
+        "also accept HS256 JWTs signed with this secret (claims sub, exp, publish, subscribe, "
+        "replay); turns authentication on",
+    ),
+    Option(
+        "--jwt-public-key",
+        "jwt_public_key",
+        "also accept RS256 JWTs verified with this PEM public key; turns authentication on",
+        str,
+        "FILE",
+    ),
+    Option(
+        "--allow-anonymous",
+        "allow_anonymous",
+        "serve requests without credentials (full rights). Without authentication this is "
+        "implied on a loopback --host; any other host refuses to start unless it is set",
+        parse_bool,
+    ),
+    Option(
+        "--tls-cert",
+        "tls_cert",
+        "serve HTTP and gRPC over TLS with this PEM certificate chain",
+        str,
+        "FILE",
+    ),
+    Option("--tls-key", "tls_key", "the PEM private key of --tls-cert", str, "FILE"),
+    Option(
+        "--tls-client-ca",
+        "tls_client_ca",
+        "require client certificates signed by this CA (mTLS); a certificate's CN names its "
+        "client in the tokens file. Turns authentication on",
+        str,
+        "FILE",
+    ),
+    Option(
+        "--rate-limit",
+        "rate_limit",
+        "requests per second per client (token bucket; over it: 429 with Retry-After, gRPC "
+        "RESOURCE_EXHAUSTED); 0 = off",
+        float,
+    ),
+    Option("--rate-burst", "rate_burst", "bucket size of --rate-limit (0 = the rate)", float),
+    Option(
+        "--sink-ca-bundle",
+        "sink_ca_bundle",
+        "extra CA certificates (PEM) trusted when pushing to https:// sinks; sinks are always "
+        "verified",
+        str,
+        "FILE",
+    ),
+    Option(
+        "--webhook-signing-key",
+        "webhook_signing_key",
+        "sign every webhook push with HMAC-SHA256 (header Meshtap-Signature: t=...,v1=...)",
+    ),
+    Option(
+        "--sink-block",
+        "sink_blocked_networks",
+        "refuse sinks and bridge targets in this network, besides the built-in blocks "
+        "(loopback, link-local, metadata, multicast, unspecified) (repeatable)",
+        str,
+        "CIDR",
+        True,
+    ),
+    Option(
+        "--sink-allow",
+        "sink_allowed_networks",
+        "allow sinks in this network even if blocked, e.g. 127.0.0.0/8 (repeatable; loopback "
+        "is allowed when --host is loopback)",
+        str,
+        "CIDR",
+        True,
+    ),
 )
 
 
@@ -229,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
         description="Run a Meshtap runtime: CloudEvents pub/sub over HTTP.",
-        epilog="Every flag can also be set with the MESHTAP_* environment variable shown.",
+        epilog="Every flag can also be set with the MESHTAP_* environment variable shown. API "
+        "clients (tokens) are managed with `python -m runtime tokens --help`.",
     )
     for option in OPTIONS:
         shown = _shown_default(option, defaults)
@@ -240,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
         }
         if option.repeatable:
             kwargs["action"] = "append"
+        elif option.type is parse_bool:
+            kwargs["action"] = "store_const"
+            kwargs["const"] = True
+            kwargs.pop("metavar")
         else:
             kwargs["type"] = option.type
         parser.add_argument(option.flag, **kwargs)

@@ -12,6 +12,9 @@ The HTTP layer maps each class to one status code, so handlers never pick codes 
     │   │   └── InvalidBridge         400  bad bridge target, rename, max_hops ...
     │   └── InvalidOtlpRequest        400  an OTLP trace export the receiver cannot decode
     │       └── UnsupportedOtlpEncoding  415  a Content-Type/-Encoding OTLP does not define
+    ├── Unauthenticated               401  no, unknown or invalid credentials
+    ├── Forbidden                     403  the client lacks the right (publish/subscribe/replay)
+    ├── RateLimited                   429  the client is over its rate limit (Retry-After)
     ├── PayloadTooLarge               413  body over the configured limit
     ├── NotFound                      404
     │   ├── SubscriptionNotFound      404
@@ -19,7 +22,8 @@ The HTTP layer maps each class to one status code, so handlers never pick codes 
     ├── BridgeExists                  409  a bridge of that name is already configured
     ├── StoreUnavailable              503  the store (Redis, NATS) cannot be reached right now
     ├── ReplyTimeout                  504  request-reply: no reply within the timeout
-    └── CannotListen                       a listener's port cannot be bound (at start-up)
+    ├── CannotListen                       a listener's port cannot be bound (at start-up)
+    └── InsecureSetup                      an open mesh on a non-loopback host (at start-up)
 """
 
 from __future__ import annotations
@@ -68,6 +72,31 @@ class UnsupportedOtlpEncoding(InvalidOtlpRequest):
     code = "unsupported_media_type"
 
 
+class Unauthenticated(MeshtapError):
+    """No credentials, or credentials the runtime does not accept (gRPC UNAUTHENTICATED)."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(MeshtapError):
+    """The client is known but lacks the right (gRPC PERMISSION_DENIED)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(MeshtapError):
+    """The client is over its request budget; `retry_after_s` says when to come back."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PayloadTooLarge(MeshtapError):
     status = 413
     code = "payload_too_large"
@@ -109,3 +138,9 @@ class CannotListen(MeshtapError):
     """A listener could not bind its port; the message names the flag that moves or disables it."""
 
     code = "cannot_listen"
+
+
+class InsecureSetup(MeshtapError):
+    """Start-up refused: the configuration would expose an unauthenticated mesh."""
+
+    code = "insecure_setup"

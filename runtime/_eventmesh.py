@@ -78,7 +78,8 @@ retCodes Meshtap returns (EventMesh's numbers and names)
                                                header that makes an invalid CloudEvent
     7      EVENTMESH_PROTOCOL_BODY_ERR         anything wrong with the body, topic or url
     8      EVENTMESH_PROTOCOL_BODY_SIZE_ERR    body over ``--max-payload-bytes``
-    10     EVENTMESH_REJECT_BY_PROCESSOR_ERROR codes 102/107: batch publish not supported yet
+    10     EVENTMESH_REJECT_BY_PROCESSOR_ERROR codes 102/107: batch publish not supported yet;
+                                               over the client's rate limit (HTTP 429)
     15     EVENTMESH_SEND_ASYNC_MSG_ERR        publish: the store is unavailable (retry);
                                                bridge publish is not supported
     16     EVENTMESH_REPLY_MSG_ERR             code 301: reply is not supported yet
@@ -86,6 +87,8 @@ retCodes Meshtap returns (EventMesh's numbers and names)
                                                error (HTTP 500)
     19     EVENTMESH_SUBSCRIBE_ERR             subscribe: store unavailable; remote subscribe
     20     EVENTMESH_UNSUBSCRIBE_ERR           unsubscribe: store unavailable; remote
+    17     EVENTMESH_ACL_ERR                   no or bad credentials (HTTP 401), or the client
+                                               lacks the right (HTTP 403)
     100    EVENTMESH_OPERATE_FAIL              topic/delete of a topic that does not exist
     =====  ==================================  ============================================
 
@@ -112,11 +115,14 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import web
 
 from runtime._errors import (
+    Forbidden,
     InvalidRequest,
     MeshtapError,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
     SubscriptionNotFound,
+    Unauthenticated,
 )
 from runtime._events import AttributeValue, CloudEvent, from_json_object, to_json_object
 from runtime._http_api import MESH_KEY, read_body
@@ -171,6 +177,7 @@ class RetCode(enum.IntEnum):
     REJECT_BY_PROCESSOR_ERROR = 10
     SEND_ASYNC_MSG_ERR = 15
     REPLY_MSG_ERR = 16
+    ACL_ERR = 17
     RUNTIME_ERR = 18
     SUBSCRIBE_ERR = 19
     UNSUBSCRIBE_ERR = 20
@@ -195,6 +202,7 @@ _RET_MESSAGES: Final = {
     RetCode.SUBSCRIBE_ERR: "eventMesh subscribe error",
     RetCode.UNSUBSCRIBE_ERR: "eventMesh unsubscribe error",
     RetCode.OPERATE_FAIL: "operate fail",
+    RetCode.ACL_ERR: "eventMesh acl error",
 }
 
 
@@ -221,6 +229,12 @@ def _refusal(error: Exception, store_code: RetCode) -> _Refused:
         return error
     if isinstance(error, PayloadTooLarge):
         return _Refused(RetCode.PROTOCOL_BODY_SIZE_ERR, str(error))
+    if isinstance(error, (Unauthenticated, Forbidden)):
+        # HTTP 401/403 (unlike EventMesh's HTTP 200): a proxy or client that only looks at the
+        # status must not take a refused publish for a delivered one.
+        return _Refused(RetCode.ACL_ERR, str(error), http_status=error.status)
+    if isinstance(error, RateLimited):
+        return _Refused(RetCode.REJECT_BY_PROCESSOR_ERROR, str(error), http_status=429)
     if isinstance(error, StoreUnavailable):
         # HTTP 200, as EventMesh answers its own storage failures: EventMesh clients only look
         # at retCode, and some treat a non-2xx reply as a transport error with no retMsg to
@@ -268,9 +282,23 @@ def _error_body(refused: _Refused) -> dict[str, Any]:
     return {"retCode": int(refused.code), "retMsg": refused.message}
 
 
+def refusal_response(request: web.Request, error: MeshtapError) -> web.Response:
+    """An authentication or rate-limit refusal in EventMesh's reply shape (retCode + status)."""
+    refused = _refusal(error, RetCode.RUNTIME_ERR)
+    if request.path == "/":
+        headers = {"code": (request.headers.get("code") or "").strip(), **_identity_headers()}
+        response = _code_reply(_error_body(refused), refused.http_status, headers)
+    else:
+        headers = {"uri": request.raw_path, **_identity_headers()}
+        response = _json_reply(_error_body(refused), refused.http_status, headers)
+    if isinstance(error, RateLimited):
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
+
+
 def _count_rejected_publish(request: web.Request, error: Exception) -> None:
-    if isinstance(error, PayloadTooLarge):
-        return  # read_body() counted it
+    if isinstance(error, (PayloadTooLarge, Forbidden)):
+        return  # read_body() / the mesh counted it
     reason = "store_unavailable" if isinstance(error, StoreUnavailable) else "invalid"
     request.app[MESH_KEY].metrics.publish_rejected.labels(reason).inc()
 
@@ -363,7 +391,7 @@ def parse_body_map(
     if "json" in content_type.lower() or stripped[0] in "{[":
         try:
             value = json.loads(stripped)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise _body_error(f"the body is not valid JSON ({e}); {hint}") from None
         if not isinstance(value, dict):
             raise _body_error(
@@ -401,7 +429,7 @@ def _json_list(raw: Any, name: str, what: str, example: str) -> list[Any]:
         if stripped.startswith(("[", "{")):
             try:
                 raw = json.loads(stripped)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 raise _body_error(
                     f"{name!r} holds invalid JSON ({e}); it must be {what}, e.g. {example}"
                 ) from None
@@ -814,7 +842,7 @@ async def sdk_publish(request: web.Request, form: dict[str, Any]) -> str:
         content = _text_field(form, "content", _sdk_fields(f"content={_CE_EXAMPLE}"))
         try:
             raw = json.loads(content)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise _body_error(
                 f"'content' is not valid JSON ({e}); with protocoltype cloudevents it is the "
                 f"CloudEvent in JSON format, e.g. {_CE_EXAMPLE}"
@@ -883,7 +911,7 @@ def _ext_fields(raw: Any, taken: Mapping[str, Any]) -> dict[str, str]:
         return {}
     try:
         fields = json.loads(raw) if isinstance(raw, str) else raw
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise _body_error(
             f"'extFields' is not valid JSON ({e}); send a JSON object of strings"
         ) from None
@@ -1170,7 +1198,7 @@ def _ret_code(body: bytes) -> int | None:
     """The integer `retCode` of a subscriber's JSON reply, or None when there is none."""
     try:
         reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     value = reply.get("retCode") if isinstance(reply, dict) else None
     if isinstance(value, bool):

@@ -279,7 +279,7 @@ def to_json_object(event: CloudEvent) -> dict[str, Any]:
             try:
                 out["data"] = json.loads(event.data)
                 return out
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         try:
             out["data"] = event.data.decode()
@@ -296,7 +296,7 @@ def to_json_object(event: CloudEvent) -> dict[str, Any]:
 def _parse_json(body: bytes, what: str) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidCloudEvent(f"{what} is not valid JSON: {e}") from None
 
 

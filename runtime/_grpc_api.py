@@ -32,19 +32,24 @@ from typing import Any, Final, TypeVar
 
 import grpc  # type: ignore[import-untyped]
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from runtime._auth import Authenticator, Principal, auth_settings, bearer, current_principal
 from runtime._config import RuntimeConfig
 from runtime._errors import (
     CannotListen,
+    Forbidden,
     InvalidRequest,
     InvalidSubscription,
     InvalidTopic,
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     ReplyTimeout,
     StoreUnavailable,
+    Unauthenticated,
 )
 from runtime._eventmesh import (
     NEVER_FORWARDED,
@@ -111,6 +116,12 @@ def _grpc_status(error: Exception) -> tuple[Any, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, error.detail
     if isinstance(error, PayloadTooLarge):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    if isinstance(error, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(error)
+    if isinstance(error, Forbidden):
+        return grpc.StatusCode.PERMISSION_DENIED, str(error)
+    if isinstance(error, RateLimited):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error} (retry after {error.retry_after_s} s)"
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, str(error)
     if isinstance(error, StoreUnavailable):
@@ -152,7 +163,7 @@ def _items(message: PbCloudEvent) -> list[SubscriptionItem]:
     example = '[{"topic": "orders.created", "mode": "CLUSTERING", "type": "ASYNC"}]'
     try:
         raw = json.loads(message.text_data) if message.text_data else None
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise InvalidSubscription(
             f"text_data must be a JSON list of subscription items like {example}: {e}"
         ) from None
@@ -171,6 +182,26 @@ def _group(message: PbCloudEvent) -> str:
     return validate_group(group)
 
 
+def _not_protobuf(error: Exception, what: str = "CloudEvent") -> str:
+    return (
+        f"the request is not an EventMesh {what} protobuf message ({error}); build it from "
+        "runtime/_proto/eventmesh.proto (org.apache.eventmesh.cloudevents.v1)"
+    )
+
+
+def _parsed(
+    method: Callable[[Any, Any], Awaitable[Reply]], message_type: Any
+) -> Callable[[bytes, Any], Awaitable[Reply]]:
+    async def handler(raw: bytes, context: Any) -> Reply:
+        try:
+            request = message_type.FromString(raw)
+        except DecodeError as e:
+            raise InvalidRequest(_not_protobuf(e, message_type.DESCRIPTOR.name)) from None
+        return await method(request, context)
+
+    return handler
+
+
 class GrpcApi:
     """The gRPC listener of one runtime instance."""
 
@@ -182,12 +213,16 @@ class GrpcApi:
         replies: ReplyRouter,
         *,
         port: int | None = None,
+        auth: Authenticator | None = None,
+        server_credentials: Any = None,
     ) -> None:
         self._wanted_port = config.grpc_port if port is None else port
         self._mesh = mesh
         self._config = config
         self._streams = streams
         self._replies = replies
+        self._auth = auth or Authenticator(auth_settings(config))
+        self._credentials = server_credentials
         self._server: Any = None
         self.port: int | None = None
         self.lease_s = STREAM_LEASE_S
@@ -207,7 +242,11 @@ class GrpcApi:
         server.add_generic_rpc_handlers(self._handlers())
         host = self._config.host
         try:
-            port = server.add_insecure_port(f"{host}:{self._wanted_port}")
+            address = f"{host}:{self._wanted_port}"
+            if self._credentials is not None:
+                port = server.add_secure_port(address, self._credentials)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as e:
             port, problem = 0, str(e)
         else:
@@ -238,10 +277,11 @@ class GrpcApi:
     def _handlers(self) -> Sequence[Any]:
         pb, batch = PbCloudEvent, PbCloudEventBatch
 
+        # Requests arrive as bytes and are parsed in the handler: a deserializer's exception
+        # would reach the client as UNKNOWN, a parse error here as INVALID_ARGUMENT.
         def unary(method: Callable[..., Any], request: Any, reply: Any) -> Any:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(method),
-                request_deserializer=request.FromString,
+                _unary(self._authenticated(_parsed(method, request))),
                 response_serializer=reply.SerializeToString,
             )
 
@@ -255,8 +295,7 @@ class GrpcApi:
         consumer = {
             "subscribe": unary(self.subscribe, pb, pb),
             "subscribeStream": grpc.stream_stream_rpc_method_handler(
-                self.subscribe_stream,
-                request_deserializer=pb.FromString,
+                self._subscribe_stream_raw,
                 response_serializer=pb.SerializeToString,
             ),
             "unsubscribe": unary(self.unsubscribe, pb, pb),
@@ -269,6 +308,38 @@ class GrpcApi:
         ]
 
     # -- stream subscription leases ----------------------------------------------------------
+    # -- authentication ----------------------------------------------------------------------
+    def authenticate(self, context: Any) -> Principal:
+        """The caller of an RPC from its `authorization` metadata or client certificate."""
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        try:
+            credential = bearer(metadata.get("authorization"), metadata.get("token"))
+            cert_name = None
+            names = (context.auth_context() or {}).get("x509_common_name")
+            if names:
+                cert_name = names[0].decode(errors="replace")
+            principal = self._auth.authenticate(
+                credential=credential, cert_name=cert_name, remote=context.peer()
+            )
+            key = principal.name if principal.method != "anonymous" else f"@{context.peer()}"
+            self._auth.rate.take(key)
+        except (Unauthenticated, RateLimited) as e:
+            reason = "rate_limited" if isinstance(e, RateLimited) else "unauthenticated"
+            self._mesh.metrics.auth_denied.labels(reason).inc()
+            log.warning("denied gRPC call from %s: %s", context.peer(), e)
+            raise
+        current_principal.set(principal)  # each RPC runs in its own task (own context)
+        return principal
+
+    def _authenticated(
+        self, method: Callable[[Request, Any], Awaitable[Reply]]
+    ) -> Callable[[Request, Any], Awaitable[Reply]]:
+        async def handler(request: Request, context: Any) -> Reply:
+            self.authenticate(context)
+            return await method(request, context)
+
+        return handler
+
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_s)
@@ -421,6 +492,19 @@ class GrpcApi:
             )
         return status_event("0", f"success: {len(removed)} subscription(s) removed")
 
+    async def _subscribe_stream_raw(
+        self, raw_requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[PbCloudEvent]:
+        async def parsed() -> AsyncIterator[PbCloudEvent]:
+            async for raw in raw_requests:
+                try:
+                    yield PbCloudEvent.FromString(raw)
+                except DecodeError as e:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_protobuf(e))
+
+        async for message in self.subscribe_stream(parsed(), context):
+            yield message
+
     async def subscribe_stream(
         self, requests: AsyncIterator[PbCloudEvent], context: Any
     ) -> AsyncIterator[PbCloudEvent]:
@@ -428,6 +512,11 @@ class GrpcApi:
         session: StreamSession | None = None
         reader: asyncio.Task[None] | None = None
         try:
+            try:
+                self.authenticate(context)
+            except (Unauthenticated, RateLimited) as e:
+                code, message = _grpc_status(e)
+                await context.abort(code, message)
             try:
                 first = await anext(requests)
             except StopAsyncIteration:
@@ -520,7 +609,7 @@ class GrpcApi:
             raise InvalidRequest(f"'clienttype' must be 1 (PUB) or 2 (SUB), got {client_type!r}")
         try:
             items = json.loads(request.text_data) if request.text_data else []
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise InvalidRequest(
                 f'text_data must be a JSON list like [{{"topic": "orders.created"}}]: {e}'
             ) from None

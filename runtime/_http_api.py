@@ -17,13 +17,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from runtime._auth import Authenticator, Principal, auth_settings, bearer, current_principal
 from runtime._config import RuntimeConfig
 from runtime._errors import (
     InvalidRequest,
     MeshtapError,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     StoreUnavailable,
+    Unauthenticated,
 )
 from runtime._events import CloudEvent, from_http, now_rfc3339
 from runtime._mesh import Mesh
@@ -34,8 +37,9 @@ log = logging.getLogger("meshtap.runtime.http")
 
 MESH_KEY: web.AppKey[Mesh] = web.AppKey("mesh", Mesh)
 CONFIG_KEY: web.AppKey[RuntimeConfig] = web.AppKey("config", RuntimeConfig)
+AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("auth", Authenticator)
 # Credentials meant for the mesh itself never travel on to consumers.
-_SOURCE_DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+_SOURCE_DROPPED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "token"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,7 +55,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except MeshtapError as e:
         if isinstance(e, StoreUnavailable):
             request.app[MESH_KEY].metrics.publish_rejected.labels("store_unavailable").inc()
-        return error_response(e.status, e.code, str(e))
+        response = error_response(e.status, e.code, str(e))
+        if isinstance(e, RateLimited):
+            response.headers["Retry-After"] = str(e.retry_after_s)
+        if isinstance(e, Unauthenticated):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="meshtap"'
+        return response
     except web.HTTPException as e:
         if e.status >= 400 and e.content_type != "application/json":
             message = e.text or e.reason
@@ -61,6 +70,64 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 message = f"{request.method} is not allowed on {request.path}"
             return error_response(e.status, e.reason.lower().replace(" ", "_"), message)
         raise
+
+
+def cert_common_name(request: web.Request) -> str | None:
+    """The CN of the client's verified TLS certificate (mTLS), if it sent one."""
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def is_eventmesh_path(path: str) -> bool:
+    return path == "/" or path.startswith("/eventmesh/") or path == "/eventmesh"
+
+
+def deny(request: web.Request, error: MeshtapError) -> None:
+    """Count and log a refused request. The message never holds the credential itself."""
+    reason = "rate_limited" if isinstance(error, RateLimited) else "unauthenticated"
+    request.app[MESH_KEY].metrics.auth_denied.labels(reason).inc()
+    log.warning("denied %s %s from %s: %s", request.method, request.path, request.remote, error)
+
+
+def authenticate(request: web.Request) -> Principal:
+    """The caller of `request`, rate-limited; raises Unauthenticated or RateLimited."""
+    auth = request.app[AUTH_KEY]
+    credential = bearer(request.headers.get("Authorization"), request.headers.get("token"))
+    principal = auth.authenticate(
+        credential=credential, cert_name=cert_common_name(request), remote=request.remote or ""
+    )
+    key = principal.name if principal.method != "anonymous" else f"@{request.remote}"
+    auth.rate.take(key)
+    return principal
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate every request (health probes excepted) and make the caller current."""
+    auth = request.app[AUTH_KEY]
+    if request.path in auth.settings.open_paths:
+        return await handler(request)
+    try:
+        principal = authenticate(request)
+    except (Unauthenticated, RateLimited) as e:
+        deny(request, e)
+        if is_eventmesh_path(request.path):
+            from runtime._eventmesh import refusal_response
+
+            return refusal_response(request, e)
+        raise
+    token = current_principal.set(principal)
+    try:
+        return await handler(request)
+    finally:
+        current_principal.reset(token)
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -85,7 +152,7 @@ async def read_json(request: web.Request) -> Any:
     body = await read_body(request)
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from None
 
 
@@ -155,14 +222,28 @@ async def delete_topic(request: web.Request) -> web.Response:
 # -- HTTP source ---------------------------------------------------------------------------
 
 
+def _text(value: str) -> str:
+    """A header/query string as valid Unicode: bytes that were not UTF-8 (kept by aiohttp as
+    surrogates, which JSON cannot encode) are read as Latin-1, as HTTP/1.1 defines them."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def request_to_event(request: web.Request, body: bytes, name: str) -> CloudEvent:
     """Any HTTP request as a CloudEvent: data carries method, path, query, headers and body."""
     data: dict[str, Any] = {
         "method": request.method,
-        "path": request.path,
-        "query": {key: request.query.getall(key) for key in request.query},
+        "path": _text(request.path),
+        "query": {
+            _text(key): [_text(v) for v in request.query.getall(key)] for key in request.query
+        },
         "headers": {
-            k: v for k, v in request.headers.items() if k.lower() not in _SOURCE_DROPPED_HEADERS
+            _text(k): _text(v)
+            for k, v in request.headers.items()
+            if k.lower() not in _SOURCE_DROPPED_HEADERS
         },
     }
     try:
@@ -220,10 +301,15 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "store": mesh.store.url})
 
 
-def build_app(mesh: Mesh, config: RuntimeConfig) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=config.max_payload_bytes)
+def build_app(
+    mesh: Mesh, config: RuntimeConfig, auth: Authenticator | None = None
+) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=config.max_payload_bytes
+    )
     app[MESH_KEY] = mesh
     app[CONFIG_KEY] = config
+    app[AUTH_KEY] = auth or Authenticator(auth_settings(config))
     app.router.add_post("/v1/topics/{topic}/events", publish)
     app.router.add_get("/v1/topics", list_topics)
     app.router.add_put("/v1/topics/{topic}", create_topic)

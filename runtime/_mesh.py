@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from runtime._auth import current_principal, require, require_admin, require_publish
 from runtime._bridges import MESH_PATH, has_passed
 from runtime._capture import CaptureSink, NullCapture, PublishRecord
 from runtime._delivery import Dispatcher, pattern_covers
-from runtime._errors import InvalidTopic, SubscriptionNotFound
+from runtime._errors import Forbidden, InvalidTopic, SubscriptionNotFound
 from runtime._events import CloudEvent
 from runtime._metrics import RuntimeMetrics
 from runtime._subscriptions import Subscription
@@ -22,6 +23,7 @@ from runtime._tracing import MeshTracing, end_span
 from runtime.stores import Store
 
 log = logging.getLogger("meshtap.runtime.mesh")
+auth_log = logging.getLogger("meshtap.runtime.auth")
 
 
 class Mesh:
@@ -43,6 +45,23 @@ class Mesh:
         self.capture = capture or NullCapture()
         self.instance = instance
         self.tracing = tracing or MeshTracing()
+        self.check_sink: Callable[[str], None] = lambda sink: None
+        """The SSRF guard of subscription sinks (set by `Runtime` from its sink policy)."""
+
+    def _authorize(self, check: Callable[[], None]) -> None:
+        """Run a rights check for the current client; count and log a denial (no secrets)."""
+        try:
+            check()
+        except Forbidden as e:
+            principal = current_principal.get()
+            self.metrics.auth_denied.labels("forbidden").inc()
+            auth_log.warning(
+                "denied: %s (client=%s via %s)",
+                e,
+                principal.name if principal else "?",
+                principal.method if principal else "?",
+            )
+            raise
 
     async def publish(
         self,
@@ -68,6 +87,8 @@ class Mesh:
                 f"topic {topic!r} is reserved for the runtime (names starting with '_', such as "
                 "dead-letter topics, cannot be published to); pick a name like 'orders.created'"
             )
+        if not internal_ok:
+            self._authorize(lambda: require_publish(topic, events))
         looped: list[CloudEvent] = []
         if any(MESH_PATH in e.attributes for e in events):
             events, looped = self._drop_looped(topic, events)
@@ -121,6 +142,8 @@ class Mesh:
         return kept, looped
 
     async def subscribe(self, subscription: Subscription) -> Subscription:
+        self._authorize(lambda: require("subscribe", subscription.topic))
+        self.check_sink(subscription.sink)
         await self.store.put_subscription(subscription.id, subscription.to_document())
         self.dispatcher.nudge()
         return subscription
@@ -128,6 +151,9 @@ class Mesh:
     async def subscriptions(self) -> list[Subscription]:
         documents = await self.store.subscriptions()
         found = [Subscription.from_document(d) for d in documents.values()]
+        principal = current_principal.get()
+        if principal is not None and not principal.admin:
+            found = [s for s in found if _may_see(s)]
         return sorted(found, key=lambda s: (s.created_ms, s.id))
 
     async def get_subscription(self, subscription_id: str) -> Subscription:
@@ -136,12 +162,16 @@ class Mesh:
             raise SubscriptionNotFound(
                 f"no subscription with id {subscription_id!r}; GET /v1/subscriptions lists them"
             )
-        return Subscription.from_document(documents[subscription_id])
+        found = Subscription.from_document(documents[subscription_id])
+        self._authorize(lambda: require("subscribe", found.topic))
+        return found
 
     async def unsubscribe(self, subscription_id: str, *, keep_group: bool = False) -> Subscription:
         """Remove a subscription. `keep_group` keeps its group's place in the store even when it
         was the group's last subscription (a gRPC stream that went away: when the group comes
         back it gets what was published meanwhile)."""
+        if current_principal.get() is not None:
+            await self.get_subscription(subscription_id)  # rights on its topic, or Forbidden
         document = await self.store.delete_subscription(subscription_id)
         if document is None:
             raise SubscriptionNotFound(
@@ -163,15 +193,25 @@ class Mesh:
 
     async def create_topic(self, topic: str) -> bool:
         validate_topic(topic)
+        self._authorize(lambda: require("publish", topic))
         created = await self.store.create_topic(topic)
         self.dispatcher.nudge()
         return created
 
     async def delete_topic(self, topic: str) -> bool:
         validate_topic(topic)
+        self._authorize(lambda: require_admin(f"delete topic {topic!r}"))
         deleted = await self.store.delete_topic(topic)
         self.dispatcher.nudge()
         return deleted
 
     async def topics(self) -> list[str]:
         return await self.store.topics()
+
+
+def _may_see(subscription: Subscription) -> bool:
+    try:
+        require("subscribe", subscription.topic)
+    except Forbidden:
+        return False
+    return True

@@ -27,6 +27,13 @@ class RuntimeMetrics:
             ["reason"],
             registry=r,
         )
+        self.auth_denied = Counter(
+            "meshtap_auth_denied",
+            "Requests refused by authentication, authorisation or rate limits, by reason "
+            "(unauthenticated, forbidden, rate_limited).",
+            ["reason"],
+            registry=r,
+        )
         self.delivered = Counter(
             "meshtap_events_delivered",
             "Events acknowledged by a subscriber.",

@@ -47,11 +47,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from runtime._auth import Authenticator, AuthSettings, bearer
 from runtime._capture import CaptureSink, SpanEventRecord, SpanLinkRecord, SpanRecord
 from runtime._errors import (
     CannotListen,
     InvalidOtlpRequest,
     PayloadTooLarge,
+    Unauthenticated,
     UnsupportedOtlpEncoding,
 )
 
@@ -70,6 +72,7 @@ Encoding = Literal["protobuf", "json"]
 _INVALID_ARGUMENT: Final = 3
 _RESOURCE_EXHAUSTED: Final = 8
 _UNAVAILABLE: Final = 14
+_UNAUTHENTICATED: Final = 16
 
 _KINDS: Final = {
     0: "internal",
@@ -162,7 +165,7 @@ def request_from_json(body: bytes) -> ExportTraceServiceRequest:
     """OTLP/JSON: protobuf's JSON mapping, except that trace and span ids are hex, not base64."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidOtlpRequest(f"the body is not valid JSON: {e}; {_HOW}") from None
     if not isinstance(document, dict):
         raise InvalidOtlpRequest(
@@ -401,7 +404,11 @@ class OtlpReceiver:
         http_port: int,
         grpc_port: int,
         max_payload_bytes: int,
+        auth: Authenticator | None = None,
     ) -> None:
+        # With authentication on, exporters send a credential as the mesh's clients do
+        # (OTEL_EXPORTER_OTLP_HEADERS="authorization=Bearer <token>"); any valid client may.
+        self._auth = auth or Authenticator(AuthSettings())
         self._capture = capture
         self._host = host
         self._wanted_http_port = http_port
@@ -468,6 +475,7 @@ class OtlpReceiver:
         encoding: Encoding = "json"
         try:
             encoding = http_encoding(request.headers.get("Content-Type", ""))
+            self._authenticate(request.headers.get("Authorization"), request.remote or "")
             body = await self._read(request)
             conversion, encoding = await asyncio.to_thread(
                 _decode_and_convert,
@@ -479,6 +487,9 @@ class OtlpReceiver:
         except UnsupportedOtlpEncoding as e:
             self._refused(request.remote, e)
             return _status_response(e.status, _INVALID_ARGUMENT, str(e), encoding)
+        except Unauthenticated as e:
+            self._refused(request.remote, e)
+            return _status_response(401, _UNAUTHENTICATED, str(e), encoding)
         except InvalidOtlpRequest as e:
             self._refused(request.remote, e)
             return _status_response(400, _INVALID_ARGUMENT, str(e), encoding)
@@ -544,6 +555,12 @@ class OtlpReceiver:
     async def _export_grpc(self, request: bytes, context: Any) -> bytes:
         """`TraceService/Export` on raw bytes, so that garbage is INVALID_ARGUMENT (a generated
         servicer would answer a request it cannot deserialize with INTERNAL)."""
+        metadata = dict(context.invocation_metadata() or ())
+        try:
+            self._authenticate(metadata.get("authorization"), context.peer())
+        except Unauthenticated as e:
+            self._refused(context.peer(), e)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
         try:
             conversion = await asyncio.to_thread(_convert_protobuf, request)
         except InvalidOtlpRequest as e:
@@ -558,6 +575,9 @@ class OtlpReceiver:
         return bytes(export_response(conversion).SerializeToString())
 
     # -- both ---------------------------------------------------------------------------------
+
+    def _authenticate(self, authorization: str | None, remote: str) -> None:
+        self._auth.authenticate(credential=bearer(authorization), cert_name=None, remote=remote)
 
     def _record(self, conversion: Conversion) -> bool:
         if conversion.rejected:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Protocol
 import aiohttp
 
 from runtime._events import BATCH_CONTENT_TYPE, CloudEvent, to_binary_http, to_json_object
+from runtime._netguard import SIGNATURE_HEADER, GuardedResolver, SinkPolicy, sign_push
 from runtime._subscriptions import Subscription
 from runtime._tracing import qualified_name
 
@@ -124,15 +126,27 @@ class Pusher:
         *,
         max_connections: int = 512,
         channels: Mapping[str, PushChannel] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        sink_policy: SinkPolicy | None = None,
+        signing_key: str = "",
     ) -> None:
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._sink_policy = sink_policy
+        self._signing_key = signing_key
         self._contracts = contracts
         self._channels = dict(channels or {})
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        # ssl: https sinks are always verified (system CAs, plus --sink-ca-bundle); the
+        # resolver refuses names that resolve to blocked networks (runtime._netguard).
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=30
+            limit=self._max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=30,
+            ssl=self._ssl,
+            resolver=GuardedResolver(self._sink_policy) if self._sink_policy else None,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
@@ -171,6 +185,8 @@ class Pusher:
         headers = request.headers
         if trace_headers:
             headers = {**headers, **trace_headers}
+        if self._signing_key:
+            headers = {**headers, SIGNATURE_HEADER: sign_push(self._signing_key, request.body)}
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=subscription.timeout_ms / 1000)
         try:

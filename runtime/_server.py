@@ -6,22 +6,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import uuid
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from opentelemetry.trace import TracerProvider
 
+from runtime._auth import Authenticator, auth_settings, check_exposure
 from runtime._bridge_api import Bridges
 from runtime._bridges import BRIDGE_PROTOCOL, BridgeChannel, parse_bridge_flag
 from runtime._capture import CaptureConfig, CaptureSink, NullCapture, open_capture
 from runtime._config import RuntimeConfig
 from runtime._delivery import DeliverySettings, Dispatcher
-from runtime._errors import CannotListen, StoreUnavailable
+from runtime._errors import CannotListen, InsecureSetup, StoreUnavailable
 from runtime._grpc_api import GrpcApi
 from runtime._http_api import build_app
 from runtime._mesh import Mesh
 from runtime._metrics import RuntimeMetrics
+from runtime._netguard import sink_policy, sink_ssl_context
 from runtime._otlp import OtlpReceiver
 from runtime._push import CloudEventsContract, PushContract, Pusher
 from runtime._replies import ReplyRouter
@@ -36,6 +40,51 @@ def push_contracts() -> dict[str, PushContract]:
     from runtime._eventmesh import EventMeshContract
 
     return {"cloudevents": CloudEventsContract(), "eventmesh": EventMeshContract()}
+
+
+def _read(path: str, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise InsecureSetup(f"{flag} {path!r} cannot be read: {e.strerror or e}") from None
+
+
+def server_ssl_context(config: RuntimeConfig) -> ssl.SSLContext | None:
+    """The HTTP listener's TLS context (mTLS when --tls-client-ca is set), or None."""
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise InsecureSetup(
+            "TLS needs both --tls-cert and --tls-key (MESHTAP_TLS_CERT, MESHTAP_TLS_KEY); "
+            "--tls-client-ca alone cannot verify clients without a server certificate"
+        )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+        if config.tls_client_ca:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as e:
+        raise InsecureSetup(
+            f"cannot load the TLS files (--tls-cert {config.tls_cert!r}, --tls-key "
+            f"{config.tls_key!r}, --tls-client-ca {config.tls_client_ca!r}): {e}"
+        ) from None
+    return context
+
+
+def grpc_server_credentials(config: RuntimeConfig) -> Any:
+    """gRPC's TLS credentials from the same files, or None for a plaintext listener."""
+    if server_ssl_context(config) is None:  # validates the files, with the same messages
+        return None
+    import grpc  # type: ignore[import-untyped]
+
+    ca = _read(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def _bound_port(site: web.TCPSite) -> int:
@@ -71,9 +120,13 @@ class Runtime:
         self.streams = StreamHub(consumer)
         self.mesh_name = config.mesh_name or config.instance
         self.bridge_channel = BridgeChannel(self.mesh_name)
+        self.sink_policy = sink_policy(config)
         self.pusher = Pusher(
             push_contracts(),
             channels={STREAM_PROTOCOL: self.streams, BRIDGE_PROTOCOL: self.bridge_channel},
+            ssl_context=sink_ssl_context(config),
+            sink_policy=self.sink_policy,
+            signing_key=config.webhook_signing_key,
         )
         self.capture = capture or open_capture(
             CaptureConfig(
@@ -114,7 +167,9 @@ class Runtime:
             tracing=self.tracing,
             mesh_name=self.mesh_name,
         )
+        self.mesh.check_sink = self.sink_policy.check_url
         self.replies = ReplyRouter(self.mesh, consumer)
+        self.auth: Authenticator | None = None
         self.grpc: GrpcApi | None = None
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -123,18 +178,22 @@ class Runtime:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.config.host}:{self.http_port}"
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{self.config.host}:{self.http_port}"
 
     async def start(self) -> None:
+        check_exposure(self.config)  # before anything starts: InsecureSetup says what to set
+        self.auth = Authenticator(auth_settings(self.config))
+        tls = server_ssl_context(self.config)
         await self.capture.start()  # CaptureNotReady says what to run; nothing else started yet
         self.tracing.use(self._tracer_provider or self.capture.tracer_provider())
         try:
-            await self._start()
+            await self._start(tls)
         except BaseException:
             await self.stop(drain_timeout_s=0)
             raise
 
-    async def _start(self) -> None:
+    async def _start(self, tls: ssl.SSLContext | None) -> None:
         try:
             await self.store.connect()
         except StoreUnavailable as e:
@@ -146,11 +205,15 @@ class Runtime:
         await self.dispatcher.start()
         if self.config.bridges:
             self._configure_task = asyncio.create_task(self._configure_bridges())
-        app = build_app(self.mesh, self.config)
+        app = build_app(self.mesh, self.config, self.auth)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(
-            self._runner, self.config.host, self.config.http_port, reuse_address=True
+            self._runner,
+            self.config.host,
+            self.config.http_port,
+            reuse_address=True,
+            ssl_context=tls,
         )
         try:
             await site.start()
@@ -188,7 +251,15 @@ class Runtime:
 
     async def start_grpc(self, port: int) -> None:
         """Start the gRPC API on `port` (0 = any free port: tests, embedding)."""
-        self.grpc = GrpcApi(self.mesh, self.config, self.streams, self.replies, port=port)
+        self.grpc = GrpcApi(
+            self.mesh,
+            self.config,
+            self.streams,
+            self.replies,
+            port=port,
+            auth=self.auth,
+            server_credentials=grpc_server_credentials(self.config),
+        )
         await self.grpc.start()
 
     @property
@@ -209,6 +280,7 @@ class Runtime:
             http_port=config.otlp_http_port,
             grpc_port=config.otlp_grpc_port,
             max_payload_bytes=config.max_payload_bytes,
+            auth=self.auth,
         )
         await self.otlp.start()
 

@@ -6,6 +6,7 @@ Runs an aiohttp server on a free loopback port in the test's event loop; no mock
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,10 +48,13 @@ class RecordingSink:
     max_concurrent: int = 0
     _runner: web.AppRunner | None = None
     port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+    """Serve HTTPS with this context (the URL says https)."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/events"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/events"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         push = Push(dict(request.headers), await request.read(), time.monotonic(), request.path)
@@ -72,7 +76,7 @@ class RecordingSink:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         await site.start()
         assert site._server is not None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ QUICK = Backoff(initial_s=0.05, max_s=0.2, attempts=3)
 def test_exported_names_are_pinned() -> None:
     assert sorted(runtime.client.__all__) == [
         "AsyncMeshClient",
+        "AuthenticationFailed",
         "Backoff",
         "ClientClosed",
         "CloudEvent",
@@ -44,6 +45,7 @@ def test_exported_names_are_pinned() -> None:
         "MeshClient",
         "MeshClientError",
         "NotFound",
+        "PermissionDenied",
         "RequestTimeout",
         "Subscription",
         "SyncDelivery",

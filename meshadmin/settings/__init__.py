@@ -79,6 +79,8 @@ LOGOUT_REDIRECT_URL = "web:login"
 
 # Where the runtime this admin talks to lives (used by later features: subscriptions sync).
 MESHTAP_RUNTIME_URL = os.environ.get("MESHTAP_RUNTIME_URL", "http://127.0.0.1:10105")
+# The API token replays send to a mesh with authentication (a client with the `replay` right).
+MESHTAP_REPLAY_TOKEN = os.environ.get("MESHTAP_REPLAY_TOKEN", "")
 
 # The capture store (tracing.clickhouse): clickhouse://host:9000/meshtap, or chDB in-process.
 MESHTAP_CLICKHOUSE_URL = os.environ.get(

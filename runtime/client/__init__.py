@@ -10,10 +10,12 @@ from __future__ import annotations
 from runtime._events import CloudEvent
 from runtime.client._async import AsyncMeshClient, Backoff, Delivery, Subscription, new_event
 from runtime.client._errors import (
+    AuthenticationFailed,
     ClientClosed,
     InvalidArgument,
     MeshClientError,
     NotFound,
+    PermissionDenied,
     RequestTimeout,
     TooLarge,
     Unavailable,
@@ -22,6 +24,7 @@ from runtime.client._sync import MeshClient, SyncDelivery, SyncSubscription
 
 __all__ = [
     "AsyncMeshClient",
+    "AuthenticationFailed",
     "Backoff",
     "ClientClosed",
     "CloudEvent",
@@ -30,6 +33,7 @@ __all__ = [
     "MeshClient",
     "MeshClientError",
     "NotFound",
+    "PermissionDenied",
     "RequestTimeout",
     "Subscription",
     "SyncDelivery",

@@ -27,9 +27,11 @@ import json
 import logging
 import os
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -62,6 +64,48 @@ PACKAGE: Final = "org.apache.eventmesh.cloudevents.v1"
 TARGET_ENV: Final = "MESHTAP_GRPC_TARGET"
 HTTP_URL_ENV: Final = "MESHTAP_HTTP_URL"
 DEFAULT_TARGET: Final = "127.0.0.1:10205"
+TOKEN_ENV: Final = "MESHTAP_TOKEN"
+TLS_CA_ENV: Final = "MESHTAP_TLS_CA"
+
+
+class _Credentials:
+    """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+
+# grpc.aio files an interceptor under its first matching kind only: one class per call kind.
+class _UnaryCredentials(_Credentials, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _StreamCredentials(_Credentials, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(details), request_iterator)
+
+
+def _channel(
+    target: str, token: str | None, tls_ca: str | None, tls_cert: str | None, tls_key: str | None
+) -> Any:
+    interceptors = [_UnaryCredentials(token), _StreamCredentials(token)] if token else None
+    if not (tls_ca or tls_cert):
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
+    root = Path(tls_ca).read_bytes() if tls_ca else None
+    chain = Path(tls_cert).read_bytes() if tls_cert else None
+    key = Path(tls_key).read_bytes() if tls_key else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+    return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+
+
 Mode = Literal["clustering", "broadcast"]
 Handler = Callable[["Delivery"], Awaitable[CloudEvent | None] | CloudEvent | None]
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
@@ -433,6 +477,10 @@ class AsyncMeshClient:
     `target` is the gRPC API (`host:port`; default `$MESHTAP_GRPC_TARGET`, else
     `127.0.0.1:10205`). `http_url` (default `$MESHTAP_HTTP_URL`), if set, is used for
     `publish(..., via="http")`. Use as `async with AsyncMeshClient() as client:`.
+
+    `token` (default `$MESHTAP_TOKEN`) is sent as `Authorization: Bearer` on every call, for a
+    runtime started with authentication. `tls_ca` (default `$MESHTAP_TLS_CA`) makes the gRPC
+    channel TLS, trusting that CA; `tls_cert`/`tls_key` add a client certificate (mTLS).
     """
 
     def __init__(
@@ -444,15 +492,22 @@ class AsyncMeshClient:
         backoff: Backoff | None = None,
         heartbeat_interval_s: float = 30.0,
         tracer: Tracer | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self.target = target or os.environ.get(TARGET_ENV, DEFAULT_TARGET)
+        token = token or os.environ.get(TOKEN_ENV) or None
+        self._http_headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._tls_ca = tls_ca or os.environ.get(TLS_CA_ENV) or None
         http_url = http_url or os.environ.get(HTTP_URL_ENV)
         self.http_url = http_url.rstrip("/") if http_url else None
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff()
         self.heartbeat_interval_s = heartbeat_interval_s
         self._tracer = tracer or trace.get_tracer("meshtap.client")
-        self._channel: Any = grpc.aio.insecure_channel(self.target)
+        self._channel: Any = _channel(self.target, token, self._tls_ca, tls_cert, tls_key)
         self._session: aiohttp.ClientSession | None = None
         self._subscriptions: set[Subscription] = set()
         self._closed = False
@@ -539,7 +594,12 @@ class AsyncMeshClient:
         if self.http_url is None:
             raise InvalidArgument("publish(via='http') needs http_url=... on the client")
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            ssl_context: ssl.SSLContext | bool = (
+                ssl.create_default_context(cafile=self._tls_ca) if self._tls_ca else True
+            )
+            self._session = aiohttp.ClientSession(
+                headers=self._http_headers, connector=aiohttp.TCPConnector(ssl=ssl_context)
+            )
         headers, body = to_binary_http(_with_trace_context(events[0]))
         url = f"{self.http_url}/v1/topics/{topic}/events"
         attempt = 0

@@ -3,6 +3,8 @@
 MeshClientError                  anything the SDK raises on purpose (`.code`: gRPC status name)
 ├── InvalidArgument              the runtime refused the request (bad event, topic, group ...)
 ├── NotFound                     nothing to act on (e.g. unsubscribe of an unknown subscription)
+├── AuthenticationFailed         no or wrong token (gRPC UNAUTHENTICATED, HTTP 401)
+├── PermissionDenied             the token lacks the right for this topic (403)
 ├── TooLarge                     over the runtime's --max-payload-bytes
 ├── Unavailable                  the runtime or its store cannot be reached (after retries)
 ├── RequestTimeout               request-reply: no reply within the timeout
@@ -29,6 +31,14 @@ class NotFound(MeshClientError):
     code = "NOT_FOUND"
 
 
+class AuthenticationFailed(MeshClientError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MeshClientError):
+    code = "PERMISSION_DENIED"
+
+
 class TooLarge(MeshClientError):
     code = "RESOURCE_EXHAUSTED"
 
@@ -48,6 +58,8 @@ class ClientClosed(MeshClientError):
 _BY_GRPC_CODE: dict[str, type[MeshClientError]] = {
     "INVALID_ARGUMENT": InvalidArgument,
     "NOT_FOUND": NotFound,
+    "UNAUTHENTICATED": AuthenticationFailed,
+    "PERMISSION_DENIED": PermissionDenied,
     "RESOURCE_EXHAUSTED": TooLarge,
     "UNAVAILABLE": Unavailable,
     "DEADLINE_EXCEEDED": RequestTimeout,
@@ -55,6 +67,8 @@ _BY_GRPC_CODE: dict[str, type[MeshClientError]] = {
 }
 _BY_HTTP_STATUS: dict[int, type[MeshClientError]] = {
     400: InvalidArgument,
+    401: AuthenticationFailed,
+    403: PermissionDenied,
     404: NotFound,
     413: TooLarge,
     503: Unavailable,

@@ -128,6 +128,10 @@ class MeshClient:
         backoff: Backoff | None = None,
         heartbeat_interval_s: float = 30.0,
         tracer: Tracer | None = None,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         self._loop = _Loop()
 
@@ -139,6 +143,10 @@ class MeshClient:
                 backoff=backoff,
                 heartbeat_interval_s=heartbeat_interval_s,
                 tracer=tracer,
+                token=token,
+                tls_ca=tls_ca,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
             )
 
         self._client = self._loop.run(make())
