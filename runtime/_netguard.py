@@ -86,9 +86,10 @@ class SinkPolicy:
         return None
 
     def check_url(self, url: str) -> None:
-        """Raise InvalidSubscription when the http(s) URL's host is an address we refuse."""
+        """Raise InvalidSubscription when the URL's host is an address we refuse: webhook sinks
+        (http, https) and bridge targets (those and grpc)."""
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.scheme not in ("http", "https", "grpc") or not parts.hostname:
             return
         reason = self.reason(parts.hostname)
         if reason:

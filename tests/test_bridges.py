@@ -379,6 +379,7 @@ async def test_bridges_are_kept_in_the_store_across_restarts(
         ({"topic": "orders", "target": "http://x:1/v1/topics"}, "without a path"),
         ({"topic": "orders", "target": "grpc://x"}, "grpc://HOST:PORT"),
         ({"topic": "orders", "target": "http://169.254.169.254"}, "link-local"),
+        ({"topic": "orders", "target": "grpc://169.254.169.254:10205"}, "link-local"),
         ({"topic": "orders", "target": "http://x:1", "name": "a b"}, "'name' must be"),
         ({"topic": "orders", "target": "http://x:1", "max_hops": 0}, "'max_hops' must be"),
         ({"topic": "orders", "target": "http://x:1", "rename": "dmz."}, "'rename' must be"),
