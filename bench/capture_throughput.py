@@ -13,8 +13,11 @@
    batched push) with `--capture clickhouse://...` and with `--capture none`; capture on both
    with every runtime span kept and with `--span-sample-ratio 0.1` (events and deliveries are
    always recorded in full; the ratio thins the runtime's own spans, which the runtime makes
-   only when capture is on). The configurations run interleaved, `--repeat` times each, and the
-   best run of each counts (the machine is shared: the best run is the least disturbed one).
+   only when capture is on). The configurations run interleaved, `--repeat` times each (5 by
+   default). Printed: the median and range of each configuration's rate, the median and range of
+   the on/off ratio taken round by round (the runs of one round saw the same neighbours on the
+   shared machine), and the CPU time per event of the runtime's process, of the capture's writer
+   process and of clickhouse-server during each run (from /proc: where the extra work goes).
    Aim: on >= 90% of off.
 
 Servers are started fresh on free loopback ports (tests/servers.py). Figures are printed, not
@@ -27,10 +30,12 @@ import argparse
 import asyncio
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -134,7 +139,48 @@ def count(server: ClickHouseServer, table: str) -> int:
         client.disconnect()
 
 
-async def runtime_with_capture(redis_url: str, capture: str, total: int, *extra: str) -> rt.Result:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (the capture's writer process, for the runtime)."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+@dataclass
+class Run:
+    result: rt.Result
+    runtime_us: float
+    """CPU time of the runtime's process per event delivered, in microseconds."""
+    writer_us: float
+    """The same for the capture's writer process (0 with capture off)."""
+    clickhouse_us: float
+
+    @property
+    def rate(self) -> float:
+        return self.result.rate
+
+
+async def runtime_with_capture(
+    redis_url: str, clickhouse_pid: int | None, capture: str, total: int, *extra: str
+) -> Run:
     # Each run starts from an empty Redis: subscriptions live there and would otherwise carry
     # over to the next run, still pointing at the previous run's (stopped) subscriber.
     async with aioredis.Redis.from_url(redis_url) as redis_client:
@@ -160,9 +206,18 @@ async def runtime_with_capture(redis_url: str, capture: str, total: int, *extra:
             assert r.status == 201, await r.text()
         topic = f"cap.{uuid.uuid4().hex[:8]}"
         await rt.warm_up(process.url, sub, topic)
-        return await rt.bench_batch(
+        assert process.process is not None
+        pid = process.process.pid
+        writers = children(pid)
+        before = [cpu_seconds(pid), sum(map(cpu_seconds, writers)), cpu_seconds(clickhouse_pid)]
+        result = await rt.bench_batch(
             process.url, sub, total, topic, f"capture {capture.split(':')[0]}"
         )
+        after = [cpu_seconds(pid), sum(map(cpu_seconds, writers)), cpu_seconds(clickhouse_pid)]
+        runtime_us, writer_us, clickhouse_us = (
+            (a - b) * 1e6 / total for a, b in zip(after, before, strict=True)
+        )
+        return Run(result, runtime_us, writer_us, clickhouse_us)
     finally:
         await sub.stop()
         process.signal(__import__("signal").SIGTERM)
@@ -196,14 +251,15 @@ async def main() -> None:
                 "capture on, every span": (server.url,),
                 "capture on, span ratio 0.1": (server.url, "--span-sample-ratio", "0.1"),
             }
-            repeat = args.repeat or (1 if args.quick else 3)
-            runs: dict[str, list[rt.Result]] = {name: [] for name in configurations}
+            repeat = args.repeat or (1 if args.quick else 5)
+            runs: dict[str, list[Run]] = {name: [] for name in configurations}
             for _ in range(repeat):
                 for name, (capture, *extra) in configurations.items():
                     runs[name].append(
-                        await runtime_with_capture(redis_server.url, capture, e2e_total, *extra)
+                        await runtime_with_capture(
+                            redis_server.url, server.pid, capture, e2e_total, *extra
+                        )
                     )
-            best = {name: max(results, key=lambda r: r.rate) for name, results in runs.items()}
         finally:
             server.close()
             redis_server.close()
@@ -229,17 +285,33 @@ async def main() -> None:
     print(f"  {'raw clickhouse-driver insert':<34}{total / raw_s:>12,.0f} events/s")
     print(
         f"runtime end to end, batch publish + batched push, {e2e_total:,} events, "
-        f"best of {repeat} interleaved run(s):"
+        f"{repeat} interleaved round(s); median [min-max]:"
     )
-    off = best["capture off"]
-    for name, result in best.items():
-        share = "" if result is off else f"   = {result.rate / off.rate:.0%} of off"
+    off = runs["capture off"]
+    for name, results in runs.items():
+        rates = [r.rate for r in results]
+        line = f"  {name:<28}{statistics.median(rates):>9,.0f} events/s [{spread(rates, ',.0f')}]"
+        if results is not off:
+            ratios = [r.rate / o.rate for r, o in zip(results, off, strict=True)]
+            line += f"  = {statistics.median(ratios):.0%} of off [{spread(ratios, '.0%')}]"
+        p99 = statistics.median(r.result.pct(0.99) for r in results)
+        print(f"{line}  p99 {p99:.0f} ms")
+    print("  CPU per event (median of the runs): runtime process / writer process / ClickHouse")
+    for name, results in runs.items():
         print(
-            f"  {name:<34}{result.rate:>12,.0f} events/s   "
-            f"p50 {result.pct(0.5):.1f} ms  p99 {result.pct(0.99):.1f} ms{share}"
+            f"  {name:<28}"
+            + " / ".join(
+                f"{statistics.median(getattr(r, part) for r in results):.1f} us"
+                for part in ("runtime_us", "writer_us", "clickhouse_us")
+            )
         )
-    rates = {name: ", ".join(f"{r.rate:,.0f}" for r in results) for name, results in runs.items()}
-    print("  every run (events/s): " + "; ".join(f"{n}: {r}" for n, r in rates.items()))
+    rates_text = {n: ", ".join(f"{r.rate:,.0f}" for r in results) for n, results in runs.items()}
+    print("  every run (events/s): " + "; ".join(f"{n}: {r}" for n, r in rates_text.items()))
+    print(f"  load average after the runs: {os.getloadavg()[0]:.1f}")
+
+
+def spread(values: list[float], spec: str) -> str:
+    return f"{format(min(values), spec)}-{format(max(values), spec)}"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ The runtime never imports `tracing`. A capture plugin is found by URL scheme in 
 a `CaptureConfig`, and handed plain frozen records:
 
 * `PublishRecord`  - an event accepted on a topic (one per event, also for replayed events)
-* `DeliveryRecord` - one delivery attempt and its outcome
+* `DeliveryRecord` - one delivery attempt of one event and its outcome (handed over together
+  for all the events of one push attempt: one call per push, not per event)
 * `SpanRecord`     - an OpenTelemetry span received from an application (OTLP receiver)
 
 The contract a plugin keeps: `record_*` never blocks and never raises (buffer, spool, and count
@@ -135,7 +136,7 @@ class CaptureSink(Protocol):
 
     def record_publish(self, records: Sequence[PublishRecord]) -> None: ...
 
-    def record_delivery(self, record: DeliveryRecord) -> None: ...
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None: ...
 
     def record_spans(self, spans: Sequence[SpanRecord]) -> None: ...
 
@@ -161,7 +162,7 @@ class NullCapture:
     def record_publish(self, records: Sequence[PublishRecord]) -> None:
         return None
 
-    def record_delivery(self, record: DeliveryRecord) -> None:
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
         return None
 
     def record_spans(self, spans: Sequence[SpanRecord]) -> None:

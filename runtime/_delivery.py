@@ -467,10 +467,10 @@ class GroupWorker:
     ) -> None:
         now_ns = time.time_ns()
         trace_id, span_id = ids
-        capture = self._d.capture
+        records = []
         for stored in batch:
             published_ns = offset_key(stored.ref.offset)[0] * 1_000_000
-            capture.record_delivery(
+            records.append(
                 DeliveryRecord(
                     event_id=stored.event.id,
                     topic=stored.ref.topic,
@@ -489,6 +489,7 @@ class GroupWorker:
                     span_id=span_id,
                 )
             )
+        self._d.capture.record_deliveries(records)  # one hand-off per attempt, not per event
 
     async def _backoff(self, ceiling_ms: int) -> None:
         delay = random.uniform(ceiling_ms / 2, ceiling_ms) / 1000

@@ -41,8 +41,8 @@ class ListCapture:
     def record_publish(self, records: Sequence[PublishRecord]) -> None:
         self.published += records
 
-    def record_delivery(self, record: DeliveryRecord) -> None:
-        self.deliveries.append(record)
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        self.deliveries += records
 
     def record_spans(self, spans: Sequence[SpanRecord]) -> None:
         self.spans += spans

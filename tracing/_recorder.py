@@ -332,8 +332,8 @@ class ClickHouseCapture:
     def record_publish(self, records: Sequence[PublishRecord]) -> None:
         self._record("publish", records)
 
-    def record_delivery(self, record: DeliveryRecord) -> None:
-        self._record("delivery", (record,))
+    def record_deliveries(self, records: Sequence[DeliveryRecord]) -> None:
+        self._record("delivery", records)
 
     def record_spans(self, spans: Sequence[SpanRecord]) -> None:
         self._record("otlp_span", spans)

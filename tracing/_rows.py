@@ -472,6 +472,8 @@ def _split(pairs: Pairs, mask: Mask) -> tuple[list[str], list[str]]:
 
 
 def _attrs_json(pairs: Pairs, mask: Mask) -> str:
+    if not pairs:  # most span events and links (a batched push's span has one per event)
+        return "{}"
     keys, values = _split(pairs, mask)
     return _text(_json(dict(zip(keys, values, strict=True))))
 

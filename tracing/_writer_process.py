@@ -141,6 +141,9 @@ class WriterProcess:
         self._pending_total = 0
         self._unacked: dict[int, dict[str, int]] = {}
         self._unacked_total = 0
+        self._sending: int | None = None
+        """The frame the feeder is writing to the socket: whether the child got it is known only
+        when the write returns, so the listener leaves it to the feeder when the child dies."""
         self._child_memory: dict[str, int] = {}
         self._child_spooled = 0
         self._child_held = 0
@@ -321,11 +324,17 @@ class WriterProcess:
         process.wait()
         with self._lock:
             lost = dict(self._child_memory)
+            sending = self._sending
+            in_flight = self._unacked.pop(sending, None) if sending is not None else None
             for by_table in self._unacked.values():
                 for table, count in by_table.items():
                     lost[table] = lost.get(table, 0) + count
             self._unacked.clear()
             self._unacked_total = 0
+            if sending is not None and in_flight is not None:
+                # The feeder requeues it or counts it lost (``_send_some``).
+                self._unacked[sending] = in_flight
+                self._unacked_total = sum(in_flight.values())
             self._set_child({}, self._child_spooled)
             ready = self._ready
             expected = self._closed_reply.is_set() or self._stopping
@@ -470,11 +479,14 @@ class WriterProcess:
                 self._pending_total -= count
             self._unacked[seq] = sent
             self._unacked_total += size
+            self._sending = seq
         try:
             self._send(("records", seq, list(by_feed.items())))
         except OSError:
-            # The child is gone: the listener counts what it held; these go back to the front.
+            # The child is gone and never got these (the listener counts only what it held and
+            # leaves this frame to us): they go back to the front for the next child.
             with self._lock:
+                self._sending = None
                 entry = self._unacked.pop(seq, None)
                 if entry is None:
                     return  # the listener counted them lost already (writer_died)
@@ -484,6 +496,16 @@ class WriterProcess:
                     self._pending_rows[FEEDS[feed].table] += len(items)
                     self._pending_total += len(items)
             time.sleep(0.1)  # the listener notices the exit; the feeder then restarts it
+            return
+        with self._lock:
+            self._sending = None
+            # Written, but the child died before the listener could count this frame with
+            # the rest of what it held: counted here (it may have been read, so not resent).
+            dead = None if self._alive.is_set() else self._unacked.pop(seq, None)
+            if dead is not None:
+                self._unacked_total -= sum(dead.values())
+        for table, count in (dead or {}).items():
+            self.drop(table, count, "writer_died")
 
     def _send_marker(self, marker: _Marker) -> None:
         with self._lock:
