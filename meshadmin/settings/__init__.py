@@ -119,3 +119,8 @@ EMAIL_PORT = int(os.environ.get("MESHTAP_EMAIL_PORT", "25"))
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))
+
+# Standalone mode (`manage.py standalone`): the admin user it creates at first start. Without a
+# password here, one is generated and printed once.
+MESHTAP_ADMIN_USER = os.environ.get("MESHTAP_ADMIN_USER", "admin")
+MESHTAP_ADMIN_PASSWORD = os.environ.get("MESHTAP_ADMIN_PASSWORD", "")
