@@ -1,0 +1,234 @@
+"""`python manage.py standalone --demo` as a real process: demo traces land in chDB with spans
+from the demo services and the mesh, the printed credentials log in to the admin, SIGINT exits
+0, and a second start keeps the recorded data."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.meshes import ROOT, free_port
+
+BANNER_END = "Stop: Ctrl-C"
+PASSWORD = re.compile(r"user '([^']+)', password '([^']+)' \(shown once\)")
+ADMIN = re.compile(r"Web admin:\s+(http://\S+)/admin/")
+SHIPPED = re.compile(r"^demo: .*\bshipped (\d+)", re.M)
+
+# Run in a child: chDB opens one data directory per process, and this test process may hold
+# another. Traces whose spans come from the order service, both consumers and the mesh.
+READ_TRACES = """
+import json, sys
+from tracing.clickhouse import ClickHouse, Purpose
+with ClickHouse.open("chdb://" + sys.argv[1]) as client:
+    rows = client.execute(
+        "SELECT trace_id, groupUniqArray(service_name) FROM meshtap.spans GROUP BY trace_id",
+        purpose=Purpose.QUERY,
+    )
+print(json.dumps({trace: sorted(services) for trace, services in rows}))
+"""
+DEMO_SERVICES = {"order-service", "payment-service", "shipping-service", "meshtap-runtime"}
+
+
+class Standalone:
+    """One `manage.py standalone` child with its output collected by a reader thread."""
+
+    def __init__(self, var_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        ports = {
+            "--http-port": free_port(),
+            "--grpc-port": free_port(),
+            "--otlp-http-port": free_port(),
+            "--otlp-grpc-port": free_port(),
+        }
+        command = [sys.executable, "manage.py", "standalone", "--port", str(self.port), *args]
+        for flag, port in ports.items():
+            command += [flag, str(port)]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "MESHTAP_VAR_DIR": str(var_dir),
+                "PYTHONUNBUFFERED": "1",
+                **(env or {}),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = pattern.search(self.output)
+            if match:
+                return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no {pattern.pattern!r} within {timeout}s:\n{self.output}")
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._reader.join(5)
+
+    def kill(self) -> None:
+        """Make sure the child is gone and its pipe closed (after a failure too)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def traces(var_dir: Path) -> dict[str, list[str]]:
+    result = subprocess.run(
+        [sys.executable, "-c", READ_TRACES, str(var_dir / "chdb")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, list[str]] = json.loads(result.stdout)
+    return parsed
+
+
+def log_in(admin_url: str, username: str, password: str) -> str:
+    """Log in through the admin's login form; returns the page it lands on."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"{admin_url}/admin/login/?next=/admin/", timeout=30) as response:
+        form = response.read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token is not None, form
+    body = urllib.parse.urlencode(
+        {
+            "csrfmiddlewaretoken": token.group(1),
+            "username": username,
+            "password": password,
+            "next": "/admin/",
+        }
+    ).encode()
+    request = urllib.request.Request(
+        f"{admin_url}/admin/login/?next=/admin/", data=body, headers={"Referer": admin_url}
+    )
+    with opener.open(request, timeout=30) as response:
+        return str(response.read().decode())
+
+
+def test_standalone_demo_records_traces_logs_in_and_keeps_data(tmp_path: Path) -> None:
+    first = Standalone(tmp_path, "--demo", "--demo-rate", "4")
+    try:
+        first.wait_for(re.compile(BANNER_END), timeout=120)
+        credentials = PASSWORD.search(first.output)
+        assert credentials is not None, first.output
+        admin_url = ADMIN.search(first.output)
+        assert admin_url is not None
+        page = log_in(admin_url.group(1), credentials.group(1), credentials.group(2))
+        assert "Log out" in page or "logout" in page, page[:2000]
+        assert "Please enter the correct username" not in page
+        # The admin's static files are served too.
+        with urllib.request.urlopen(
+            f"{admin_url.group(1)}/static/admin/css/base.css", timeout=30
+        ) as response:
+            assert response.status == 200
+        # Demo reports come every 10 s; wait for a few orders to have gone all the way.
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            shipped = [int(n) for n in SHIPPED.findall(first.output)]
+            if shipped and shipped[-1] >= 5:
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"the demo shipped too little:\n{first.output}")
+        assert first.interrupt() == 0, first.output
+    finally:
+        first.kill()
+    assert "Stopped cleanly." in first.output
+
+    recorded = traces(tmp_path)
+    whole = [trace for trace, services in recorded.items() if set(services) >= DEMO_SERVICES]
+    assert len(whole) >= 3, recorded
+
+    second = Standalone(tmp_path, env={"MESHTAP_ADMIN_PASSWORD": ""})
+    try:
+        second.wait_for(re.compile(BANNER_END), timeout=120)
+        assert PASSWORD.search(second.output) is None, "the password must be printed only once"
+        admin_url = ADMIN.search(second.output)
+        assert admin_url is not None
+        page = log_in(admin_url.group(1), credentials.group(1), credentials.group(2))
+        assert "Please enter the correct username" not in page
+        assert second.interrupt() == 0, second.output
+    finally:
+        second.kill()
+    kept = traces(tmp_path)
+    assert set(whole) <= set(kept)
+
+
+def test_admin_credentials_from_the_environment(tmp_path: Path) -> None:
+    process = Standalone(
+        tmp_path, env={"MESHTAP_ADMIN_USER": "ops", "MESHTAP_ADMIN_PASSWORD": "s3cret-pass"}
+    )
+    try:
+        process.wait_for(re.compile(BANNER_END), timeout=120)
+        assert "user 'ops', password 's3cret-pass'" in process.output
+        admin_url = ADMIN.search(process.output)
+        assert admin_url is not None
+        page = log_in(admin_url.group(1), "ops", "s3cret-pass")
+        assert "Please enter the correct username" not in page
+        assert process.interrupt() == 0, process.output
+    finally:
+        process.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--store", "nosuch://x"), "nosuch"),
+        (("--http-port", "not-a-port"), "invalid runtime flags"),
+    ],
+)
+def test_bad_flags_fail_with_a_clear_message(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "standalone", "--port", "0", *args],
+        cwd=ROOT,
+        env={**os.environ, "MESHTAP_VAR_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stdout + result.stderr
