@@ -9,7 +9,8 @@ subscription's last attempt, then dead-lettered), so the admin has retries and d
 Each service is a real client of the runtime through the Python SDK (``runtime.client``, gRPC
 streams) with its own OpenTelemetry ``TracerProvider`` exporting to the runtime's OTLP receiver:
 its spans join the mesh's, and one trace runs order service -> mesh -> payment -> mesh ->
-shipping.
+shipping. They also serve the replay sandbox (``replay.shop.*``), so a replayed window of
+orders gets payments and shipments to compare with the originals.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ TRANSIENT_FAILURE = 0.05
 POISON = 0.02
 """Share of orders whose card is always declined: retried, then dead-lettered."""
 REPORT_EVERY_S = 10.0
+REPLAY = "replay."
+"""The services also consume replayed traffic (the sandbox prefix) and answer under it, so a
+replay of the demo's orders has an outcome to diff."""
 
 
 class _Service:
@@ -83,10 +87,14 @@ class Demo:
 
     async def start(self) -> None:
         self._subscriptions.append(
-            await self.payments.client.subscribe(ORDERS, group="payment", handler=self._charge)
+            await self.payments.client.subscribe(
+                [ORDERS, REPLAY + ORDERS], group="payment", handler=self._charge
+            )
         )
         self._subscriptions.append(
-            await self.shipping.client.subscribe(PAYMENTS, group="shipping", handler=self._ship)
+            await self.shipping.client.subscribe(
+                [PAYMENTS, REPLAY + PAYMENTS], group="shipping", handler=self._ship
+            )
         )
         self._tasks.append(asyncio.create_task(self._place_orders()))
         self._tasks.append(asyncio.create_task(self._report()))
@@ -155,7 +163,7 @@ class Demo:
                 await delivery.nack("payment provider timed out")
                 return
             await self.payments.client.publish(
-                PAYMENTS,
+                _same_prefix(delivery, PAYMENTS),
                 new_event(
                     "payment.captured",
                     {"order": order["order"], "amount": order["total"]},
@@ -177,7 +185,7 @@ class Demo:
                 await delivery.nack("courier API unavailable")
                 return
             await self.shipping.client.publish(
-                SHIPMENTS,
+                _same_prefix(delivery, SHIPMENTS),
                 new_event(
                     "shipment.booked",
                     {"order": payment["order"], "courier": self._random.choice(["DHL", "UPS"])},
@@ -194,6 +202,11 @@ class Demo:
     def _print_counts(self) -> None:
         parts = ", ".join(f"{key} {value}" for key, value in sorted(self.counts.items()))
         print(f"demo: {parts}", file=self._out, flush=True)
+
+
+def _same_prefix(delivery: Delivery, topic: str) -> str:
+    """Answer a replayed event under the replay prefix, an original under the real topic."""
+    return REPLAY + topic if delivery.topic.startswith(REPLAY) else topic
 
 
 def _json(delivery: Delivery) -> dict[str, object]:

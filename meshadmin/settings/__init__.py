@@ -124,3 +124,7 @@ MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DI
 # password here, one is generated and printed once.
 MESHTAP_ADMIN_USER = os.environ.get("MESHTAP_ADMIN_USER", "admin")
 MESHTAP_ADMIN_PASSWORD = os.environ.get("MESHTAP_ADMIN_PASSWORD", "")
+
+# The JSON API (/api/...): anonymous calls from loopback are allowed unless this is "0"; other
+# callers must be logged in as staff.
+MESHTAP_API_LOOPBACK_ANONYMOUS = os.environ.get("MESHTAP_API_LOOPBACK_ANONYMOUS", "1") == "1"
