@@ -7,6 +7,7 @@ tour) find a trace, start a replay and read its outcome diff. The admin's pages 
 Who may call: a logged-in staff user, or - when ``MESHTAP_API_LOOPBACK_ANONYMOUS`` is on, the
 default - anyone on the loopback interface, like the runtime's own default.
 
+    GET  /api/traces?service=&topic=&status=&limit=   recent traces, newest first
     GET  /api/traces/<trace_id>          the trace: services, spans, events and their deliveries
     POST /api/replays                    a replay.ReplaySpec as JSON (+ "target_url"); runs on the
                                          Celery "replay" queue; 202 with the job
@@ -27,7 +28,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from meshadmin.models import ReplayJob
 from replay import DiffRules, ReplayError, ReplaySpec
-from tracing import trace_by_id
+from tracing import InvalidQuery, TraceSearch, search_traces, trace_by_id
 from tracing.clickhouse import ClickHouse, ClickhouseError
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1"})
@@ -81,6 +82,44 @@ def _job_json(job: ReplayJob) -> dict[str, Any]:
         "result": job.result,
         "diff_report": job.diff_report,
     }
+
+
+@require_GET
+@_allowed
+def traces(request: HttpRequest) -> HttpResponse:
+    """Recent traces (the last hour by default) matching the query's filters, newest first."""
+    query = request.GET
+    try:
+        limit = int(query.get("limit", "20"))
+        search = TraceSearch(
+            service=query.get("service") or None,
+            topic=query.get("topic") or None,
+            status=query.get("status") or None,
+            limit=limit,
+        )
+        with ClickHouse.open(str(settings.MESHTAP_CLICKHOUSE_URL)) as client:
+            page = search_traces(client, search)
+    except (InvalidQuery, ValueError) as e:
+        return _error(400, "invalid_query", str(e))
+    except ClickhouseError as e:
+        return _error(503, "clickhouse_unavailable", str(e))
+    return JsonResponse(
+        {
+            "traces": [
+                {
+                    "trace_id": item.trace_id,
+                    "root": f"{item.root_service}: {item.root_name}",
+                    "start": item.start.isoformat(),
+                    "duration_ms": item.duration_ns / 1e6,
+                    "spans": item.span_count,
+                    "errors": item.error_count,
+                    "services": list(item.services),
+                    "topics": list(item.topics),
+                }
+                for item in page.items
+            ]
+        }
+    )
 
 
 @require_GET

@@ -10,6 +10,7 @@ from meshadmin import _api
 urlpatterns = [
     path("admin/", admin.site.urls),
     # The JSON API (meshadmin/_api.py): traces and replay jobs for scripts and the README tour.
+    path("api/traces", _api.traces, name="api-traces"),
     path("api/traces/<str:trace_id>", _api.trace, name="api-trace"),
     path("api/replays", _api.start_replay, name="api-replays"),
     path("api/replays/<str:replay_id>", _api.replay_status, name="api-replay"),

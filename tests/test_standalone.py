@@ -8,10 +8,8 @@ import http.cookiejar
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -19,11 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.meshes import ROOT, free_port
+from tests.meshes import ROOT
+from tests.standalone import ADMIN, BANNER_END, Standalone
 
-BANNER_END = "Stop: Ctrl-C"
 PASSWORD = re.compile(r"user '([^']+)', password '([^']+)' \(shown once\)")
-ADMIN = re.compile(r"Web admin:\s+(http://\S+)/admin/")
 SHIPPED = re.compile(r"^demo: .*\bshipped (\d+)", re.M)
 
 # Run in a child: chDB opens one data directory per process, and this test process may hold
@@ -39,74 +36,6 @@ with ClickHouse.open("chdb://" + sys.argv[1]) as client:
 print(json.dumps({trace: sorted(services) for trace, services in rows}))
 """
 DEMO_SERVICES = {"order-service", "payment-service", "shipping-service", "meshtap-runtime"}
-
-
-class Standalone:
-    """One `manage.py standalone` child with its output collected by a reader thread."""
-
-    def __init__(self, var_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        ports = {
-            "--http-port": free_port(),
-            "--grpc-port": free_port(),
-            "--otlp-http-port": free_port(),
-            "--otlp-grpc-port": free_port(),
-        }
-        command = [sys.executable, "manage.py", "standalone", "--port", str(self.port), *args]
-        for flag, port in ports.items():
-            command += [flag, str(port)]
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={
-                **os.environ,
-                "MESHTAP_VAR_DIR": str(var_dir),
-                "PYTHONUNBUFFERED": "1",
-                **(env or {}),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self._lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self._lines)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = pattern.search(self.output)
-            if match:
-                return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"no {pattern.pattern!r} within {timeout}s:\n{self.output}")
-
-    def interrupt(self, timeout: float = 60.0) -> int:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._reader.join(5)
-
-    def kill(self) -> None:
-        """Make sure the child is gone and its pipe closed (after a failure too)."""
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 def traces(var_dir: Path) -> dict[str, list[str]]:
@@ -149,7 +78,7 @@ def log_in(admin_url: str, username: str, password: str) -> str:
 def test_standalone_demo_records_traces_logs_in_and_keeps_data(tmp_path: Path) -> None:
     first = Standalone(tmp_path, "--demo", "--demo-rate", "4")
     try:
-        first.wait_for(re.compile(BANNER_END), timeout=120)
+        first.wait_for(BANNER_END, timeout=120)
         credentials = PASSWORD.search(first.output)
         assert credentials is not None, first.output
         admin_url = ADMIN.search(first.output)
@@ -182,7 +111,7 @@ def test_standalone_demo_records_traces_logs_in_and_keeps_data(tmp_path: Path) -
 
     second = Standalone(tmp_path, env={"MESHTAP_ADMIN_PASSWORD": ""})
     try:
-        second.wait_for(re.compile(BANNER_END), timeout=120)
+        second.wait_for(BANNER_END, timeout=120)
         assert PASSWORD.search(second.output) is None, "the password must be printed only once"
         admin_url = ADMIN.search(second.output)
         assert admin_url is not None
@@ -200,7 +129,7 @@ def test_admin_credentials_from_the_environment(tmp_path: Path) -> None:
         tmp_path, env={"MESHTAP_ADMIN_USER": "ops", "MESHTAP_ADMIN_PASSWORD": "s3cret-pass"}
     )
     try:
-        process.wait_for(re.compile(BANNER_END), timeout=120)
+        process.wait_for(BANNER_END, timeout=120)
         assert "user 'ops', password 's3cret-pass'" in process.output
         admin_url = ADMIN.search(process.output)
         assert admin_url is not None
