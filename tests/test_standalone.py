@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -161,3 +162,56 @@ def test_bad_flags_fail_with_a_clear_message(
     )
     assert result.returncode != 0
     assert message in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def _call(url: str, body: bytes | None = None) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.loads(e.read())
+
+
+def test_json_api_refuses_bad_input_with_clear_messages(tmp_path: Path) -> None:
+    process = Standalone(tmp_path)
+    try:
+        process.wait_for(BANNER_END, timeout=120)
+        api = process.admin_url + "/api"
+        status, body = _call(f"{api}/traces/4bf92f3577b34da6a3ce929d0e0e4736")
+        assert (status, body["error"]) == (404, "not_found")
+        assert "4bf92f3577b34da6a3ce929d0e0e4736" in str(body["message"])
+        status, body = _call(f"{api}/traces?limit=many")
+        assert (status, body["error"]) == (400, "invalid_query")
+        assert "many" in str(body["message"])
+        status, body = _call(f"{api}/replays", b"[1, 2]")
+        assert (status, body["error"]) == (400, "invalid_replay")
+        assert "JSON object" in str(body["message"])
+        status, body = _call(
+            f"{api}/replays",
+            json.dumps(
+                {"topics": ["orders.#"], "since": "2026-11-26T10:00:00Z", "speed": "fast"}
+            ).encode(),
+        )
+        assert (status, body["error"]) == (400, "invalid_replay")
+        assert "until" in str(body["message"])
+        status, body = _call(f"{api}/replays/r-nosuch")
+        assert (status, body["error"]) == (404, "not_found")
+        status, body = _call(f"{api}/replays/r-nosuch/diff", b"{}")
+        assert (status, body["error"]) == (404, "not_found")
+        assert process.interrupt() == 0, process.output
+    finally:
+        process.kill()
+
+
+def test_json_api_needs_a_staff_login_when_loopback_is_not_trusted(tmp_path: Path) -> None:
+    process = Standalone(tmp_path, env={"MESHTAP_API_LOOPBACK_ANONYMOUS": "0"})
+    try:
+        process.wait_for(BANNER_END, timeout=120)
+        status, body = _call(process.admin_url + "/api/traces")
+        assert (status, body["error"]) == (403, "forbidden")
+        assert "staff" in str(body["message"])
+        assert process.interrupt() == 0, process.output
+    finally:
+        process.kill()
