@@ -14,12 +14,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.meshes import ROOT
+from tests.servers import ClickHouseServer, RedisServer
 from tests.standalone import ADMIN, BANNER_END, Standalone
+from tracing.clickhouse import ClickHouse, Purpose
 
 PASSWORD = re.compile(r"user '([^']+)', password '([^']+)' \(shown once\)")
 SHIPPED = re.compile(r"^demo: .*\bshipped (\d+)", re.M)
@@ -215,3 +218,85 @@ def test_json_api_needs_a_staff_login_when_loopback_is_not_trusted(tmp_path: Pat
         assert process.interrupt() == 0, process.output
     finally:
         process.kill()
+
+
+@pytest.mark.redis
+@pytest.mark.clickhouse
+def test_standalone_on_real_servers(
+    tmp_path: Path, redis_server: RedisServer, clickhouse_server: ClickHouseServer
+) -> None:
+    """--store, --capture and --celery-broker point the parts at servers; the demo's traces land
+    in the ClickHouse server and a replay runs through the Redis broker."""
+    broker = redis_server.url.rsplit("/", 1)[0] + "/1"
+    process = Standalone(
+        tmp_path,
+        "--demo",
+        "--demo-rate",
+        "4",
+        "--store",
+        redis_server.url,
+        "--capture",
+        clickhouse_server.url,
+        "--celery-broker",
+        broker,
+    )
+    try:
+        process.wait_for(BANNER_END, timeout=120)
+        assert f"Store:      {redis_server.url}" in process.output
+        assert f"broker {broker}" in process.output
+        process.wait_for(SHIPPED, timeout=60)
+        start = time.time()
+        since = datetime.fromtimestamp(start - 120, UTC).isoformat()
+        until = datetime.fromtimestamp(start, UTC).isoformat()
+        status, job = _call(
+            process.admin_url + "/api/replays",
+            json.dumps(
+                {"topics": ["shop.orders.created"], "since": since, "until": until, "limit": 5,
+                 "speed": "max"}
+            ).encode(),
+        )  # fmt: skip
+        assert status == 202, job
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status, job = _call(f"{process.admin_url}/api/replays/{job['replay_id']}")
+            if job["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.5)
+        assert (job["status"], job["sent"]) == ("completed", 5), job
+        assert process.interrupt() == 0, process.output
+    finally:
+        process.kill()
+    with ClickHouse.open(clickhouse_server.url) as client:
+        rows = client.execute(
+            "SELECT count() FROM meshtap.spans WHERE service_name = %(service)s",
+            {"service": "shipping-service"},
+            purpose=Purpose.QUERY,
+        )
+    assert rows[0][0] >= 1
+
+
+def test_ensure_admin_creates_once_and_takes_the_password_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    """Server mode's migrate step: created once (password printed), then left alone, and a
+    password given in the environment is set."""
+
+    def manage(*args: str, password: str = "") -> str:
+        env = {**os.environ, "MESHTAP_VAR_DIR": str(tmp_path), "MESHTAP_ADMIN_PASSWORD": password}
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return result.stdout
+
+    manage("migrate", "--noinput", "-v0")
+    created = manage("ensure_admin")
+    assert re.search(r"Created admin user 'admin' with password '\S{12,}' \(shown once\)", created)
+    assert "nothing to do" in manage("ensure_admin")
+    assert "password from env" in manage("ensure_admin", password="from-env-123")
+    assert "nothing to do" in manage("ensure_admin", password="from-env-123")
