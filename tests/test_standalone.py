@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def test_standalone_demo_records_traces_logs_in_and_keeps_data(tmp_path: Path) -
             time.sleep(1)
         else:
             raise AssertionError(f"the demo shipped too little:\n{first.output}")
+        # The admin reads chDB from many request threads while capture writes into it.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: _call(f"{first.admin_url}/api/traces?service=order-service"),
+                    range(40),
+                )
+            )
+        assert {status for status, _ in answers} == {200}, answers
+        assert all(body["traces"] for _, body in answers)
         assert first.interrupt() == 0, first.output
     finally:
         first.kill()
