@@ -8,5 +8,5 @@ COPY auditing ./auditing
 COPY meshadmin ./meshadmin
 COPY manage.py ./
 RUN pip install --no-cache-dir .
-EXPOSE 10105 10205
+EXPOSE 8000 10105 10205 4317 4318
 CMD ["python", "-m", "runtime"]

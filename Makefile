@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md):
-#   make run   - create .venv, install Meshtap, start the runtime on embedded defaults
+#   make run   - create .venv, install Meshtap, run everything in one process with demo traffic
 #   make test  - install what the tests need (Debian packages too, when root) and run everything
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,11 +18,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 venv: $(STAMP)
 
-# The embedded default records every event flow into chDB (in-process ClickHouse) under ./var.
+# One process (manage.py standalone): the runtime, chDB under ./var, the web admin on
+# 127.0.0.1:8000, a Celery worker and beat; DEMO= turns the demo traffic off. The embedded
+# default records every event flow into chDB (in-process ClickHouse) under ./var.
 CAPTURE ?= chdb://$(CURDIR)/var/chdb
+DEMO    ?= --demo
 
 run: venv
-	$(BIN)/python -m runtime --capture $(CAPTURE) --capture-spool-dir $(CURDIR)/var/spool $(ARGS)
+	$(BIN)/python manage.py standalone $(DEMO) --capture $(CAPTURE) \
+		--capture-spool-dir $(CURDIR)/var/spool $(ARGS)
 
 # The gRPC API's protobuf modules are committed; tests/test_grpc_protos.py fails when stale.
 protos: venv

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the servers the tests start for themselves (tests/servers.py) -- redis-server,
-# clickhouse-server, nats-server -- and chromium for the browser tests. Each Debian package
+# clickhouse-server, nats-server -- chromium for the browser tests, and docker-compose, which
+# validates docker-compose.yml (tests/test_compose.py; it starts no container). Each Debian package
 # installs a binary of its own name. `make services` runs this; `make test` depends on it.
 #
 # Idempotent and silent when everything is installed. As root it installs what is missing;
@@ -11,7 +12,7 @@
 # fails any test that connects to a default service port.
 set -euo pipefail
 
-packages=(redis-server clickhouse-server nats-server chromium)
+packages=(redis-server clickhouse-server nats-server chromium docker-compose)
 
 have() {
     command -v "$1" >/dev/null 2>&1 && return 0

@@ -131,3 +131,12 @@ MESHTAP_REPLAY_IN_PROCESS = (
 
 # Where replay keeps the spool of its own spans (replay spans linked to the originals).
 MESHTAP_REPLAY_SPOOL_DIR = os.environ.get("MESHTAP_REPLAY_SPOOL_DIR", str(VAR_DIR / "replay-spool"))
+
+# Standalone mode (`manage.py standalone`): the admin user it creates at first start. Without a
+# password here, one is generated and printed once.
+MESHTAP_ADMIN_USER = os.environ.get("MESHTAP_ADMIN_USER", "admin")
+MESHTAP_ADMIN_PASSWORD = os.environ.get("MESHTAP_ADMIN_PASSWORD", "")
+
+# The JSON API (/api/...): anonymous calls from loopback are allowed unless this is "0"; other
+# callers must be logged in as staff.
+MESHTAP_API_LOOPBACK_ANONYMOUS = os.environ.get("MESHTAP_API_LOOPBACK_ANONYMOUS", "1") == "1"

@@ -50,6 +50,9 @@ X_FRAME_OPTIONS = "DENY"
 if os.environ.get("MESHTAP_ADMIN_BEHIND_PROXY", "0") == "1":
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# The JSON API trusts no address: behind a proxy on the same host every request is from loopback.
+MESHTAP_API_LOOPBACK_ANONYMOUS = False
+
 # Sessions end with the browser and after 8 hours of use at most.
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_COOKIE_AGE = 8 * 3600
