@@ -26,8 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from auditing._errors import AuditUnavailable, InvalidParameters, UnknownKind
 from auditing._model import AuditContext, AuditResult
-from runtime import InvalidTopic
-from runtime._topics import compile_pattern
+from runtime import InvalidTopic, compile_pattern
 from tracing import (
     EventWindow,
     dead_letters_by_reason,

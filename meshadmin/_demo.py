@@ -28,8 +28,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from runtime._server import Runtime
 from runtime.client import AsyncMeshClient, Delivery, Subscription, new_event
+from runtime.server import Runtime
 
 log = logging.getLogger("meshtap.demo")
 

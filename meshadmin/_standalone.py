@@ -33,8 +33,7 @@ from django.core.management import call_command
 from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
 from django.core.wsgi import get_wsgi_application
 
-from runtime._config import RuntimeConfig, config_from_args  # the CLI's own parsing
-from runtime._server import Runtime
+from runtime.server import Runtime, RuntimeConfig, config_from_args  # the CLI's own parsing
 from tracing.clickhouse import ClickHouse
 
 log = logging.getLogger("meshtap.standalone")

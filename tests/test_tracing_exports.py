@@ -91,10 +91,13 @@ def test_the_capture_is_the_runtimes_plugin_for_both_schemes() -> None:
     assert issubclass(tracing.RedactionConfigError, ValueError)
 
 
-def test_tracing_uses_only_the_runtimes_public_names() -> None:
-    """The runtime's private modules may change under it; what tracing needs is exported."""
+def test_the_layers_above_use_only_the_runtimes_public_names() -> None:
+    """The runtime's private modules may change under it; what tracing, replay, auditing and
+    meshadmin need is exported (``runtime``, ``runtime.server``, ``runtime.client``)."""
     offending = []
-    for path in sorted(Path(tracing.__file__).parent.rglob("*.py")):
+    root = Path(tracing.__file__).parent.parent
+    packages = ("tracing", "replay", "auditing", "meshadmin")
+    for path in sorted(p for package in packages for p in (root / package).rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if re.match(r"\s*(from|import) runtime\._", line):
                 offending.append(f"{path.name}:{number}: {line.strip()}")
