@@ -184,7 +184,8 @@ def banner(
     grpc = runtime.grpc_target if runtime.grpc is not None else "off"
     return (
         "\nMeshtap standalone is up.\n"
-        f"  Web admin:  {web_url}/admin/  ({login})\n"
+        f"  Web admin:  {web_url}/  (traces, events, topology, replays; {login})\n"
+        f"  Django admin: {web_url}/admin/  (replay jobs, audits, schedules)\n"
         f"  HTTP API:   {runtime.http_url}\n"
         f"  gRPC API:   {grpc}\n"
         f"  OTLP:       {otlp_line}\n"

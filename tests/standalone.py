@@ -14,7 +14,7 @@ from pathlib import Path
 from tests.meshes import ROOT, free_port
 
 BANNER_END = re.compile("Stop: Ctrl-C")
-ADMIN = re.compile(r"Web admin:\s+(http://\S+)/admin/")
+ADMIN = re.compile(r"Django admin:\s+(http://\S+)/admin/")
 
 
 class Standalone:
