@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ import yaml
 from runtime import SIGNATURE_HEADER, sign_push
 from tests.meshes import ROOT, Client, RuntimeProcess, event, free_port, running
 from tests.servers import ClickHouseServer
+from tests.test_replay_run import COUNT_ORIGINALS, N, Recorded, recorded, wait_until
+
+__all__ = ["recorded"]  # the fixture, shared with tests/test_replay_run.py
 
 PRINTED = re.compile(r"print\(.*\)\s+# (.+)$", re.M)
 
@@ -286,3 +290,65 @@ def test_readme_make_run_lines_start_standalone_with_their_flags() -> None:
         assert "/python manage.py standalone --demo --capture " in expanded, (line, expanded)
         for flag in re.findall(r"--[\w-]+(?: [^-\s\"][^\s\"]*)?", line):
             assert flag in expanded, (line, flag, expanded)
+
+
+SHOWN_LINE = re.compile(r"(?:[0-9a-f]*…|\d+(?:\.\d+)?)")
+
+
+def assert_lines_shown(commands: str, output: str) -> None:
+    """Comment lines that do not end in ':' (those introduce the next command) show lines the
+    commands print; figures and `…` stand for what varies."""
+    for comment in re.findall(r"^# (.*[^:])$", commands, re.M):
+        parts = SHOWN_LINE.split(comment)
+        variable = [
+            r".*?" if "…" in v else r"\d[\d,]*(?:\.\d+)?" for v in SHOWN_LINE.findall(comment)
+        ]
+        pattern = "".join(
+            re.escape(part) + (variable[n] if n < len(variable) else "")
+            for n, part in enumerate(parts)
+        )
+        assert re.search(pattern, output), (comment, output)
+
+
+@pytest.mark.clickhouse
+async def test_readme_replay_commands_run_as_written(tmp_path: Path, recorded: Recorded) -> None:
+    """Replay: the section's commands against a capturing runtime (its HTTP and gRPC API standing
+    in for 127.0.0.1:10105 and staging), on a window recorded now, with gold customers' paid
+    orders among the traffic; then replay_diff on the replay it made."""
+    since = recorded.since.strftime("%Y-%m-%dT%H:%M:%SZ")
+    await recorded.runtime.start_grpc(0)
+    gold = [
+        event(f"gold-{n}", type="order.paid", partitionkey=f"gold-{n}",
+              data={"customer": {"tier": "gold"}})
+        for n in range(40)
+    ]  # fmt: skip
+    await recorded.client.publish("orders.eu.created", *gold)
+    until = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await wait_until(lambda: recorded.count(COUNT_ORIGINALS)[0] >= N + len(gold))
+    await asyncio.sleep(2)  # until is in the past
+    (block,) = fenced(readme_section("## Replay"), "sh")[:1]
+    here = (
+        block.replace("clickhouse://127.0.0.1:9000/meshtap", recorded.url)
+        .replace("http://127.0.0.1:10105", recorded.runtime.http_url)
+        .replace("http://staging:10105", recorded.runtime.http_url)
+        .replace("grpc://staging:10205", f"grpc://{recorded.runtime.grpc_target}")
+        .replace("2026-11-26T10:00:00Z", since)
+        .replace("2026-11-26T10:05:00Z", until)
+        .replace("2026-11-26T11:00:00Z", until)
+    )
+    env = {"MESHTAP_VAR_DIR": str(tmp_path), "COLUMNS": "200"}  # no wrapped lines
+    output = (await asyncio.to_thread(run_shell, here, env=env)).stdout
+    assert_lines_shown(here, output)
+    assert "orders.eu.created -> replay.orders.eu.created: 40" in output
+
+    # The outcome diff of the second replay (1x, into replay.orders.*). Its first line only:
+    # the lines under it show a differing response, and nothing responds here.
+    replay_id = re.findall(r"^replay (r-[0-9a-f]+) -> ", output, re.M)[1]
+    (diff,) = fenced(readme_section("## Replay"), "sh")[1:]
+    diff_command, shown = diff.splitlines()[:2]
+    result = await asyncio.to_thread(
+        run_shell,
+        diff_command.replace("r-5c1f…", replay_id),
+        env={**env, "MESHTAP_CLICKHOUSE_URL": recorded.url},
+    )
+    assert_lines_shown(shown.replace("r-5c1f…", replay_id), result.stdout)
