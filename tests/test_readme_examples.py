@@ -164,8 +164,14 @@ async def test_readme_runtime_examples_run_as_written(tmp_path: Path) -> None:
 
             # Traces: the curl (the line before it instruments the reader's own shop.py).
             (traces,) = fenced(readme_section("## Traces"), "sh")
-            instrument, otlp_curl = traces.split("\n", 1)
-            assert instrument.startswith("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 ")
+            # (opentelemetry-instrument is not a dependency: the line is pinned instead. The
+            # Python SDK's OTLP exporter is gRPC unless the protocol says http/protobuf.)
+            instrument, otlp_curl = traces.split("\ncurl ", 1)
+            otlp_curl = "curl " + otlp_curl
+            protocol = "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf "
+            assert instrument.startswith(
+                protocol + "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318"
+            )
             otlp_curl = otlp_curl.replace("127.0.0.1:4318", f"127.0.0.1:{otlp}")
             assert_shown(otlp_curl, run_shell(otlp_curl).stdout)
 
