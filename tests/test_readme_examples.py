@@ -23,7 +23,7 @@ import yaml
 
 from runtime import SIGNATURE_HEADER, sign_push
 from tests.meshes import ROOT, Client, RuntimeProcess, event, free_port, running
-from tests.servers import ClickHouseServer
+from tests.servers import ClickHouseServer, NatsServer
 from tests.test_replay_run import COUNT_ORIGINALS, N, Recorded, recorded, wait_until
 
 __all__ = ["recorded"]  # the fixture, shared with tests/test_replay_run.py
@@ -358,3 +358,28 @@ async def test_readme_replay_commands_run_as_written(tmp_path: Path, recorded: R
         env={**env, "MESHTAP_CLICKHOUSE_URL": recorded.url},
     )
     assert_lines_shown(shown.replace("r-5c1f…", replay_id), result.stdout)
+
+
+def test_readme_production_admin_check_runs_as_written(tmp_path: Path) -> None:
+    """Web admin in production: the exports and `check --deploy` pass clean, as the comment says."""
+    (block,) = fenced(readme_section("### Web admin in production"), "sh")
+    result = run_shell(block, env={"MESHTAP_VAR_DIR": str(tmp_path)})
+    assert "System check identified no issues" in result.stdout, result.stdout
+
+
+@pytest.mark.nats
+async def test_readme_nats_runtime_line_runs_as_written(nats_server: NatsServer) -> None:
+    """Server mode on NATS: the installed `meshtap-runtime --store nats://...` becomes ready on
+    the test's nats-server (started with the README's `-js -sd DIR` by tests/servers.py)."""
+    (block,) = fenced(readme_section("## Server mode and scaling out"), "sh")[1:]
+    server_line, run_line = block.splitlines()
+    assert server_line.startswith("nats-server -js -sd ")
+    command = shlex.split(run_line.split("# or: ", 1)[1])
+    assert command[:2] == [".venv/bin/meshtap-runtime", "--store"]
+    store = command[2].replace("nats://127.0.0.1:4222", nats_server.url)
+    program = [str(ROOT / command[0]), "--store", store]
+    runtime = RuntimeProcess([], program=program)
+    try:
+        await runtime.start(timeout=60)
+    finally:
+        runtime.kill()
