@@ -154,6 +154,10 @@ class RuntimeProcess:
 
     args: list[str]
     port: int = dataclasses.field(default_factory=free_port)
+    #: how the runtime is started: `python -m runtime`, or the installed `meshtap-runtime`
+    program: list[str] = dataclasses.field(
+        default_factory=lambda: [sys.executable, "-m", "runtime"]
+    )
     process: subprocess.Popen[bytes] | None = None
     _output: str | None = None
 
@@ -172,7 +176,7 @@ class RuntimeProcess:
             "PYTHONUNBUFFERED": "1",
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "--http-port", str(self.port), *self.args],
+            [*self.program, "--http-port", str(self.port), *self.args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -263,7 +263,7 @@ async def test_a_refused_store_append_fails_the_publish_span(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     store = OutageStore()
-    config = RuntimeConfig(http_port=0, otlp_http_port=0, otlp_grpc_port=0)
+    config = RuntimeConfig(http_port=0, otlp_http_port=0, otlp_grpc_port=0, grpc_port=0)
     runtime = Runtime(config, store=store, tracer_provider=provider)
     await runtime.start()
     try:
