@@ -8,7 +8,8 @@ SIGKILLed with events in flight (test_redis_mesh.py::
 test_crashed_instance_events_are_reclaimed_by_another), ClickHouse stopped and crashed under
 load (tests/test_capture_faults.py), a replay worker SIGKILLed mid-replay
 (tests/test_replay_run.py::test_a_killed_worker_resumes_without_sending_any_event_twice and
-tests/test_replay_command.py::test_a_killed_replay_command_resumes_without_duplicates).
+tests/test_replay_command.py::test_a_killed_replay_command_resumes_without_duplicates), a Celery
+worker SIGKILLed mid-replay and Celery beat SIGKILLed mid-schedule (tests/test_celery_faults.py).
 """
 
 from __future__ import annotations

@@ -109,6 +109,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 # Audits' schedules are django_celery_beat rows; queues, routes and the housekeeping schedule
 # are declared in code (meshadmin/queues.py, meshadmin/scheduled.py).
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Beat writes a task's last run to the database right after sending it (Celery's default is every
+# 3 minutes): a beat killed and restarted would otherwise send again what it had just sent.
+CELERY_BEAT_SYNC_EVERY = 1
 
 # Housekeeping (meshadmin.tasks, schedules in meshadmin.scheduled): capture tables keep this many
 # days; capture health reads the runtime's /metrics (MESHTAP_RUNTIME_URL).
