@@ -6,6 +6,7 @@ Runs an aiohttp server on a free loopback port in the test's event loop; no mock
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -101,3 +102,22 @@ class RecordingSink:
                 )
             await asyncio.sleep(0.01)
         return self.pushes
+
+
+@dataclass
+class KeyOverlapResponder:
+    """A sink responder that answers after a short random pause and notes every partition key
+    that was pushed while an earlier push of the same key was still unanswered (the ordering
+    contract says: never). Pass ``respond=detector.respond`` to :class:`RecordingSink`."""
+
+    overlaps: list[str] = field(default_factory=list)
+    _in_flight: dict[str, int] = field(default_factory=dict)
+
+    async def respond(self, push: Push) -> web.Response:
+        key = push.attributes["partitionkey"]
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        if self._in_flight[key] > 1:
+            self.overlaps.append(key)
+        await asyncio.sleep(random.uniform(0, 0.01))
+        self._in_flight[key] -= 1
+        return web.Response(status=204)

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import random
 import re
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from tests.meshes import Client, event, running, store_params
 from tests.meshes import store_url as url_of_store
-from tests.sinks import Push, RecordingSink
+from tests.sinks import KeyOverlapResponder, Push, RecordingSink
 
 
 @pytest.fixture(params=store_params())
@@ -167,19 +166,8 @@ async def test_filters_select_events(mesh: Client, sink: RecordingSink) -> None:
 
 
 async def test_partition_key_order_is_kept_and_never_concurrent(mesh: Client) -> None:
-    in_flight: dict[str, int] = {}
-    overlaps: list[str] = []
-
-    async def slow_random(push: Push) -> web.Response:
-        key = push.attributes["partitionkey"]
-        in_flight[key] = in_flight.get(key, 0) + 1
-        if in_flight[key] > 1:
-            overlaps.append(key)
-        await asyncio.sleep(random.uniform(0, 0.01))
-        in_flight[key] -= 1
-        return web.Response(status=204)
-
-    sink = await RecordingSink(respond=slow_random).start()
+    detector = KeyOverlapResponder()
+    sink = await RecordingSink(respond=detector.respond).start()
     try:
         await mesh.subscribe(topic="orders.#", group="billing", sink=sink.url)
         sent: dict[str, list[str]] = {f"k{k}": [] for k in range(5)}
@@ -196,7 +184,7 @@ async def test_partition_key_order_is_kept_and_never_concurrent(mesh: Client) ->
         for push in sink.pushes:
             received[push.attributes["partitionkey"]].append(push.id)
         assert received == sent
-        assert overlaps == []
+        assert detector.overlaps == []
         assert sink.max_concurrent > 1  # different keys did run in parallel
     finally:
         await sink.stop()

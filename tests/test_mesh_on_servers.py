@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import signal
 import time
@@ -28,7 +27,7 @@ from tests.meshes import (
     wait_until,
 )
 from tests.servers import Server
-from tests.sinks import Push, RecordingSink
+from tests.sinks import KeyOverlapResponder, Push, RecordingSink
 
 BROKER_NAMES = {"redis": "Redis", "nats": "NATS"}
 
@@ -124,19 +123,8 @@ async def test_instances_on_one_store_form_one_mesh(server: Server) -> None:
 async def test_partition_key_order_holds_across_instances(server: Server) -> None:
     """Keyed events published through two instances, delivered by both: per key in publish
     order and never concurrently, across two topics."""
-    in_flight: dict[str, int] = {}
-    overlaps: list[str] = []
-
-    async def slow_random(push: Push) -> web.Response:
-        key = push.attributes["partitionkey"]
-        in_flight[key] = in_flight.get(key, 0) + 1
-        if in_flight[key] > 1:
-            overlaps.append(key)
-        await asyncio.sleep(random.uniform(0, 0.01))
-        in_flight[key] -= 1
-        return web.Response(status=204)
-
-    sink = await RecordingSink(respond=slow_random).start()
+    detector = KeyOverlapResponder()
+    sink = await RecordingSink(respond=detector.respond).start()
     try:
         async with (
             running(server.url) as (a, client_a),
@@ -162,7 +150,7 @@ async def test_partition_key_order_holds_across_instances(server: Server) -> Non
         for push in sink.pushes:
             received[push.attributes["partitionkey"]].append(push.id)
         assert received == sent
-        assert overlaps == []
+        assert detector.overlaps == []
     finally:
         await sink.stop()
 
